@@ -1,0 +1,44 @@
+"""Embeddings of the per-frame scalars the denoiser is conditioned on: timestep and view."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from starcaster_jax.models.layers import Dense, timestep_embedding
+
+
+class TimestepEmbedding(nnx.Module):
+    """diffusers ``TimestepEmbedding``: linear_1 -> SiLU -> linear_2 on the sinusoidal features."""
+
+    def __init__(self, in_dim: int, dim: int, *, rngs: nnx.Rngs, dtype=None):
+        self.in_dim = in_dim
+        self.linear_1 = Dense(in_dim, dim, names=("cond", "embed"), rngs=rngs, dtype=dtype)
+        self.linear_2 = Dense(dim, dim, names=("embed", "embed_out"), rngs=rngs, dtype=dtype)
+
+    def __call__(self, t):
+        """``t: [...]`` model time (0..1000) -> ``[..., dim]``."""
+        feats = timestep_embedding(t, self.in_dim, flip_sin_to_cos=True, downscale_freq_shift=0.0)
+        return self.linear_2(jax.nn.silu(self.linear_1(feats.astype(self.linear_1.kernel.dtype))))
+
+
+class ViewEmbedding(nnx.Module):
+    """Per-frame relative pose ``(yaw, pitch, roll, tx, ty, scale)`` -> view features.
+
+    Angles and offsets are small numbers; sinusoidal features at a few frequencies make the
+    MLP's job easy (a NeRF-style encoding) while staying smooth in the pose.
+    """
+
+    def __init__(self, dim: int, *, pose_dim: int = 6, num_freqs: int = 4, rngs: nnx.Rngs, dtype=None):
+        self.num_freqs = num_freqs
+        in_dim = pose_dim * (1 + 2 * num_freqs)
+        self.linear_1 = Dense(in_dim, dim, names=("cond", "embed"), rngs=rngs, dtype=dtype)
+        self.linear_2 = Dense(dim, dim, names=("embed", "embed_out"), rngs=rngs, dtype=dtype)
+
+    def __call__(self, view):
+        """``view: [B, F, 6]`` -> ``[B, F, dim]``."""
+        freqs = 2.0 ** jnp.arange(self.num_freqs, dtype=jnp.float32)        # [K]
+        ang = view[..., None].astype(jnp.float32) * freqs                    # [B, F, 6, K]
+        feats = jnp.concatenate([view[..., None], jnp.sin(ang), jnp.cos(ang)], -1)
+        feats = feats.reshape(*view.shape[:-1], -1).astype(self.linear_1.kernel.dtype)
+        return self.linear_2(jax.nn.silu(self.linear_1(feats)))
