@@ -136,3 +136,49 @@ def batch_sharding(mesh: Mesh, ndim: int, rules=LOGICAL_AXIS_RULES) -> NamedShar
 def count_params(state) -> int:
     leaves = jax.tree.leaves(state)
     return int(sum(np.prod(x.shape) for x in leaves if hasattr(x, "shape")))
+
+
+def create_sharded(ctor, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """Build ``ctor()`` (an nnx.Module factory) directly into its shardings: abstract first
+    (``nnx.eval_shape``), shardings from the logical names, then a jitted init whose outputs land
+    sharded, so a model bigger than one device never exists unsharded."""
+    abstract = nnx.eval_shape(ctor)
+    graphdef, abs_state = nnx.split(abstract)
+    shardings = state_shardings(abs_state, mesh, rules)
+
+    @jax.jit
+    def init():
+        return nnx.state(ctor())
+
+    with jax.set_mesh(mesh):
+        state = jax.jit(init, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+def sequence_parallel_attention(mesh: Mesh, axis: str = "tensor"):
+    """Attention over the frame axis with frames sharded over ``axis`` (explicit collectives).
+
+    Inside ``jax.shard_map`` each device holds ``F / n`` query frames; K and V are all-gathered
+    along the frame axis so every query sees every frame. Memory for activations outside the
+    attention scales as ``F / n``, which is what lets long clips fit. ``q, k, v: [N, F, H, D]``.
+    """
+    batch_axes = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1 and a != axis)
+
+    def attention(q, k, v):
+        n_batch = _mesh_axes_size(mesh, batch_axes) if batch_axes else 1
+        lead = batch_axes if batch_axes and q.shape[0] % n_batch == 0 else None
+        if lead is not None and len(lead) == 1:
+            lead = lead[0]
+        if q.shape[1] % mesh.shape[axis]:
+            raise ValueError(f"sequence parallelism: {q.shape[1]} frames not divisible by mesh axis "
+                             f"{axis!r} of size {mesh.shape[axis]}")
+        spec = P(lead, axis, None, None)
+
+        def local(q, k, v):
+            k = jax.lax.all_gather(k, axis, axis=1, tiled=True)
+            v = jax.lax.all_gather(v, axis, axis=1, tiled=True)
+            return jax.nn.dot_product_attention(q, k, v)
+
+        return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec)(q, k, v)
+
+    return attention

@@ -1,0 +1,134 @@
+"""Shared pieces of every STARCaster config: model sizes per variant and the default sections.
+
+A config reads like a table in the paper: ``model``, ``diffusion``, ``data``, ``optim``,
+``schedule``, ``mesh``, ``ckpt``, ``eval``. Stage files (``stage1_motion.py`` ...) start from
+``base_config(variant)`` and change what their stage changes.
+
+Variants:
+- ``tiny``  : CPU tests, seconds per step (32x32 frames, f=4 VAE -> 8x8x4 latents).
+- ``demo``  : the ``make demo`` model (64x64 frames, f=4 VAE -> 16x16x4 latents), minutes on 2 cores.
+- ``small`` : the benchmark size (blocks 64/128/256/256, context 256, 32x32x4 latents, 8 frames).
+- ``paper`` : SD-1.5 dims (320/640/1280/1280, 2 layers/block, 8 heads, context 768),
+              AnimateDiff-v2-size temporal blocks, wav2vec2-base audio, f=8 SD VAE, 512x512.
+"""
+from __future__ import annotations
+
+import ml_collections as mlc
+
+VARIANTS = ("tiny", "demo", "small", "paper")
+
+_UNET = {
+    "tiny": dict(block_out_channels=(32, 64), cross_attn_blocks=(True, True), layers_per_block=1,
+                 num_attention_heads=4, cross_attention_dim=64, norm_num_groups=8,
+                 motion_num_attention_heads=4, motion_max_seq_length=32, audio_dim=64, view_dim=32),
+    "demo": dict(block_out_channels=(64, 128, 128), cross_attn_blocks=(True, True, True), layers_per_block=1,
+                 num_attention_heads=4, cross_attention_dim=128, norm_num_groups=16,
+                 motion_num_attention_heads=4, motion_max_seq_length=32, audio_dim=128, view_dim=64),
+    "small": dict(block_out_channels=(64, 128, 256, 256), cross_attn_blocks=(True, True, True, False),
+                  layers_per_block=2, num_attention_heads=8, cross_attention_dim=256, norm_num_groups=32,
+                  motion_num_attention_heads=8, motion_max_seq_length=32, audio_dim=256, view_dim=128),
+    "paper": dict(block_out_channels=(320, 640, 1280, 1280), cross_attn_blocks=(True, True, True, False),
+                  layers_per_block=2, num_attention_heads=8, cross_attention_dim=768, norm_num_groups=32,
+                  motion_num_attention_heads=8, motion_max_seq_length=32, audio_dim=768, view_dim=320),
+}
+
+# VAE (diffusers AutoencoderKL fields); paper = SD-1.5's VAE.
+_VAE = {
+    "tiny": dict(block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8),
+    "demo": dict(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16),
+    "small": dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, latent_channels=4, norm_num_groups=16),
+    "paper": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32),
+}
+
+_DATA = {  # frames per chunk F, context frames K, image resolution
+    "tiny": dict(resolution=32, num_frames=4, context_frames=1, batch_size=2, num_views=4),
+    "demo": dict(resolution=64, num_frames=8, context_frames=2, batch_size=4, num_views=4),
+    "small": dict(resolution=256, num_frames=8, context_frames=2, batch_size=8, num_views=8),
+    "paper": dict(resolution=512, num_frames=16, context_frames=4, batch_size=256, num_views=8),
+}
+
+_AUDIO = {  # encoder, window +-w feature frames, tokens per frame
+    "tiny": dict(encoder="builtin", hidden=64, layers=2, num_tokens=4, window=2),
+    "demo": dict(encoder="builtin", hidden=96, layers=3, num_tokens=4, window=2),
+    "small": dict(encoder="builtin", hidden=256, layers=4, num_tokens=8, window=2),
+    "paper": dict(encoder="wav2vec2", hidden=768, layers=12, num_tokens=32, window=2),
+}
+
+_ID_TOKENS = {"tiny": 2, "demo": 4, "small": 4, "paper": 4}
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """``"tiny,ablation=no_lip_loss"`` -> ``{"variant": "tiny", "ablation": "no_lip_loss"}``."""
+    out = {"variant": "tiny", "ablation": "none"}
+    for i, part in enumerate([p for p in (arg or "").split(",") if p]):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+        elif i == 0:
+            out["variant"] = part.strip()
+        else:
+            raise ValueError(f"config arg {arg!r}: expected '<variant>[,key=value...]'")
+    if out["variant"] not in VARIANTS:
+        raise ValueError(f"config variant {out['variant']!r}: expected one of {VARIANTS}")
+    return out
+
+
+def base_config(variant: str) -> mlc.ConfigDict:
+    c = mlc.ConfigDict()
+    c.variant = variant
+    c.stage = "base"
+    c.ablation = "none"
+    c.seed = 0
+
+    m = c.model = mlc.ConfigDict()
+    m.unet = mlc.ConfigDict(dict(_UNET[variant], dtype="float32", remat_policy="none",
+                                 use_temporal=True, use_context_embedding=True))
+    m.vae = mlc.ConfigDict(dict(_VAE[variant], scaling_factor=0.18215 if variant == "paper" else 1.0))
+    m.vae_checkpoint = ""          # trained tiny VAE (demo) or an imported SD VAE directory
+    m.identity = mlc.ConfigDict(dict(embed_dim=512, num_tokens=_ID_TOKENS[variant],
+                                     dim=_UNET[variant]["cross_attention_dim"],
+                                     encoder="builtin", encoder_checkpoint=""))
+    m.audio = mlc.ConfigDict(dict(_AUDIO[variant], dim=_UNET[variant]["audio_dim"],
+                                  encoder_checkpoint=""))
+    m.attention_impl = None        # None/"xla"; "cudnn" for flash attention on GPUs
+    m.pretrained = mlc.ConfigDict(dict(sd_unet="", motion_adapter="", vae=""))
+
+    d = c.diffusion = mlc.ConfigDict()
+    d.schedule = "ddpm"            # "ddpm" (SD scaled-linear) | "flow" (rectified flow)
+    d.zero_terminal_snr = False
+    d.flow_shift = 1.0
+    d.objective = "v"              # "eps" | "v" | "flow"
+    d.loss_weighting = "min_snr"   # None | "min_snr"
+    d.min_snr_gamma = 5.0
+    d.sampler = "ddim"             # "ddim" | "dpmpp_2m" | "euler"
+    d.sample_steps = 25 if variant in ("small", "paper") else 10
+    d.audio_cfg = 2.0
+    d.id_cfg = 1.5
+
+    data = c.data = mlc.ConfigDict(dict(_DATA[variant]))
+    data.root = ""                 # the built-in corpus or ingested shards (TFDS data_dir)
+    data.mixture = mlc.ConfigDict({"video": 1.0})
+    data.hflip = True
+    data.num_workers = 0
+    data.prefetch = 2
+
+    o = c.optim = mlc.ConfigDict()
+    o.name = "adamw"
+    o.lr = 1e-4
+    o.b1, o.b2, o.eps = 0.9, 0.999, 1e-8
+    o.weight_decay = 1e-2
+    o.grad_clip = 1.0
+    o.ema_decay = 0.999
+    o.param_groups = ()            # ((regex, "freeze" | lr_multiplier), ...), first match wins
+
+    s = c.schedule = mlc.ConfigDict()
+    s.total_steps = 1000
+    s.warmup_steps = 50
+    s.decay = "cosine"             # "cosine" | "constant"
+
+    c.mesh = mlc.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.ckpt = mlc.ConfigDict(dict(every_steps=200, keep=3, async_save=True))
+    c.eval = mlc.ConfigDict(dict(every_steps=0, sample_every_steps=0, num_samples=1))
+    c.log = mlc.ConfigDict(dict(every_steps=10))
+    c.init_from = ""
+    return c
