@@ -47,11 +47,15 @@ _DATA = {  # frames per chunk F, context frames K, image resolution
     "paper": dict(resolution=512, num_frames=16, context_frames=4, batch_size=256, num_views=8),
 }
 
-_AUDIO = {  # encoder, window +-w feature frames, tokens per frame
-    "tiny": dict(encoder="builtin", hidden=64, layers=2, num_tokens=4, window=2),
-    "demo": dict(encoder="builtin", hidden=96, layers=3, num_tokens=4, window=2),
-    "small": dict(encoder="builtin", hidden=256, layers=4, num_tokens=8, window=2),
-    "paper": dict(encoder="wav2vec2", hidden=768, layers=12, num_tokens=32, window=2),
+_AUDIO = {  # encoder, window +-w frames, tokens per frame (fields of models/audio/encoder.py)
+    "tiny": dict(encoder="builtin", builtin=dict(hidden_size=64, num_layers=2), num_tokens=4,
+                 window=2, proj_hidden=128),
+    "demo": dict(encoder="builtin", builtin=dict(hidden_size=96, num_layers=3), num_tokens=4,
+                 window=2, proj_hidden=256),
+    "small": dict(encoder="builtin", builtin=dict(hidden_size=256, num_layers=4), num_tokens=8,
+                  window=2, proj_hidden=512),
+    # wav2vec2-base-960h: 12 layers + the feature projection = 13 hidden states of 768.
+    "paper": dict(encoder="wav2vec2", wav2vec2=dict(), num_tokens=32, window=2, proj_hidden=512),
 }
 
 _ID_TOKENS = {"tiny": 2, "demo": 4, "small": 4, "paper": 4}
@@ -88,8 +92,8 @@ def base_config(variant: str) -> mlc.ConfigDict:
     m.identity = mlc.ConfigDict(dict(embed_dim=512, num_tokens=_ID_TOKENS[variant],
                                      dim=_UNET[variant]["cross_attention_dim"],
                                      encoder="builtin", encoder_checkpoint=""))
-    m.audio = mlc.ConfigDict(dict(_AUDIO[variant], dim=_UNET[variant]["audio_dim"],
-                                  encoder_checkpoint=""))
+    m.audio = mlc.ConfigDict(dict(_AUDIO[variant], token_dim=_UNET[variant]["audio_dim"],
+                                  layers=None, wav2vec2_path="", encoder_checkpoint=""))
     m.attention_impl = None        # None/"xla"; "cudnn" for flash attention on GPUs
     m.pretrained = mlc.ConfigDict(dict(sd_unet="", motion_adapter="", vae=""))
 
