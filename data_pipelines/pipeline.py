@@ -1,0 +1,225 @@
+"""The training input pipeline: two decoupled streams, batched per stream, mixed by weight.
+
+Per stream (``"video"``, ``"multiview"``)::
+
+    MapDataset.source(RecordSource)            decoded records, None for skipped ones
+      [process_index::process_count]           per-process shard: disjoint and complete
+      .seed(s).shuffle().repeat()              global shuffle, infinite epochs
+      .random_map(VideoWindow | MultiviewViews).map(RelativePose)
+      .random_map(RandomHFlip).map(Normalize)
+      .to_iter_dataset(ReadOptions)            drops the skipped (None) records
+      .batch(per_process_batch, drop_remainder=True)
+
+then ``grain.IterDataset.mix({name: ds}, {name: weight})`` so every batch comes from ONE stream
+(``batch["stream"]`` is constant within a batch; the training loop dispatches on
+``int(batch["stream"][0])`` to that stream's compiled step), optionally followed by
+``.mp_prefetch(grain.MultiprocessingOptions(num_workers))``. Mixing is by batches: with weights
+w the fraction of batches from each stream tends to w / sum(w). The mix state is keyed by
+stream name, so ``get_state``/``set_state`` and the Orbax ``grain.checkpoint.CheckpointSave`` /
+``CheckpointRestore`` round-trip restore exactly the next batches.
+
+Config (``config_like`` is a full config with a ``data`` section or the ``data`` section itself;
+attribute or mapping access)::
+
+    data.batch_size    GLOBAL batch size (divided by process_count; must divide)
+    data.num_frames F, data.context_frames K  -> video windows of F + K frames
+    data.num_views     V views per multi-view example
+    data.resolution    output resolution (records must be k * resolution square)
+    data.mixture       {stream: weight}; streams with weight 0 are not opened
+    data.sources       optional {stream: spec} (see sources.open_source); default: ArrayRecord
+                       shards named *<stream>* under data.root
+    data.root, data.split ("train"), data.hflip (bool or probability), data.pose_mode
+    data.num_workers   multiprocess prefetch workers (0 = in-process), data.read_threads (2),
+    data.prefetch      per-stream read-ahead in batches
+    model.audio.window (or data.audio_window)  +-w audio frames (default 2)
+    seed (or data.seed)
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import grain
+import jax
+import numpy as np
+
+from data_pipelines import transforms as T
+from data_pipelines.sources import STREAMS, RecordSource, default_spec, make_source
+
+STREAM_IDS = T.STREAM_IDS
+STREAM_NAMES = {v: k for k, v in STREAM_IDS.items()}
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, Mapping):
+        return obj.get(key, default)
+    try:
+        return obj[key] if hasattr(obj, "__getitem__") and key in obj else getattr(obj, key, default)
+    except (TypeError, KeyError, AttributeError):
+        return getattr(obj, key, default)
+
+
+def _resolve(config_like: Any) -> dict[str, Any]:
+    data = _get(config_like, "data", None)
+    if data is None:
+        data = config_like
+    audio = _get(_get(config_like, "model"), "audio")
+    mixture = _get(data, "mixture", None) or {"video": 1.0}
+    mixture = {str(k): float(v) for k, v in dict(mixture).items() if float(v) > 0}
+    for k in mixture:
+        if k not in STREAMS:
+            raise ValueError(f"data.mixture: unknown stream {k!r} (expected {sorted(STREAMS)})")
+    if not mixture:
+        raise ValueError("data.mixture: no stream with a positive weight")
+    hflip = _get(data, "hflip", True)
+    srcs = _get(data, "sources", None)
+    return dict(
+        batch_size=int(_get(data, "batch_size", 2)),
+        num_frames=int(_get(data, "num_frames", 4)) + int(_get(data, "context_frames", 0)),
+        num_views=int(_get(data, "num_views", 4)),
+        resolution=_get(data, "resolution", None),
+        mixture=mixture,
+        sources=dict(srcs) if srcs else {},
+        root=str(_get(data, "root", "") or ""),
+        split=str(_get(data, "split", "train") or "train"),
+        hflip=0.5 if hflip is True else (0.0 if hflip is False else float(hflip)),
+        pose_mode=str(_get(data, "pose_mode", "compose")),
+        num_workers=int(_get(data, "num_workers", 0) or 0),
+        read_threads=int(_get(data, "read_threads", 2) or 1),
+        prefetch=int(_get(data, "prefetch", 2) or 0),
+        audio_window=int(_get(audio, "window", _get(data, "audio_window", 2))),
+        seed=int(_get(config_like, "seed", _get(data, "seed", 0)) or 0),
+    )
+
+
+def _stream_seed(seed: int, stream: str, process_index: int) -> int:
+    ss = np.random.SeedSequence([seed, STREAM_IDS[stream], process_index])
+    return int(ss.generate_state(1, np.uint32)[0])
+
+
+def stream_dataset(source: RecordSource, stream: str, cfg: Mapping[str, Any], *,
+                   process_index: int = 0, process_count: int = 1,
+                   batch_size: int | None = None) -> grain.IterDataset:
+    """Batched, shuffled, infinite IterDataset of one stream (this process's shard)."""
+    ds = grain.MapDataset.source(source)
+    if process_count > 1:
+        ds = ds[process_index::process_count]
+    ds = ds.seed(_stream_seed(cfg["seed"], stream, process_index)).shuffle().repeat()
+    if stream == "video":
+        ds = ds.random_map(T.VideoWindow(cfg["num_frames"], cfg["audio_window"]))
+    else:
+        ds = ds.random_map(T.MultiviewViews(cfg["num_views"], cfg["audio_window"]))
+    ds = ds.map(T.RelativePose(cfg["pose_mode"]))
+    ds = ds.random_map(T.RandomHFlip(cfg["hflip"]))
+    ds = ds.map(T.Normalize(cfg["resolution"]))
+    bs = int(batch_size or cfg["batch_size"])
+    it = ds.to_iter_dataset(grain.ReadOptions(
+        num_threads=cfg["read_threads"], prefetch_buffer_size=max(cfg["prefetch"], 1) * bs))
+    return it.batch(bs, drop_remainder=True)
+
+
+def process_shard(n: int, process_index: int, process_count: int) -> np.ndarray:
+    """Record indices of one process's shard (the ``[pi::pc]`` slice the pipeline uses)."""
+    return np.arange(n)[process_index::process_count]
+
+
+class TrainIterator(grain.DatasetIterator):
+    """The mixed-stream batch iterator (a grain ``DatasetIterator``: ``get_state``/
+    ``set_state`` and ``grain.checkpoint.CheckpointSave``/``CheckpointRestore`` work on it).
+
+    ``skipped``: ``{stream: {reason: count}}`` of records skipped by the sources read in this
+    process (see sources.py). ``streams``: {name: weight}. ``batch_size``: per-process batch.
+    """
+
+    def __init__(self, inner: grain.DatasetIterator, sources: Mapping[str, RecordSource],
+                 weights: Mapping[str, float], batch_size: int):
+        super().__init__(inner)
+        self.sources = dict(sources)
+        self.streams = dict(weights)
+        self.batch_size = batch_size
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._parent)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
+
+    @property
+    def skipped(self) -> dict[str, dict[str, int]]:
+        return {k: dict(s.skipped) for k, s in self.sources.items()}
+
+    def close(self) -> None:
+        close = getattr(self._parent, "close", None)
+        if close is not None:
+            close()
+
+
+def make_train_dataset(config_like: Any, *, process_index: int | None = None,
+                       process_count: int | None = None,
+                       sources: Mapping[str, Any] | None = None):
+    """-> (IterDataset of mixed per-stream batches, {stream: RecordSource}, resolved cfg)."""
+    cfg = _resolve(config_like)
+    pi = jax.process_index() if process_index is None else int(process_index)
+    pc = jax.process_count() if process_count is None else int(process_count)
+    if not 0 <= pi < pc:
+        raise ValueError(f"process_index {pi} not in [0, {pc})")
+    if cfg["batch_size"] % pc:
+        raise ValueError(f"global batch {cfg['batch_size']} not divisible by {pc} processes")
+    bs = cfg["batch_size"] // pc
+    specs = dict(cfg["sources"])
+    specs.update(dict(sources or {}))
+    srcs: dict[str, RecordSource] = {}
+    per_stream: dict[str, grain.IterDataset] = {}
+    for name in cfg["mixture"]:
+        spec = specs.get(name)
+        if spec is None:
+            spec = default_spec(name, cfg["root"], cfg["split"])
+        need = cfg["num_frames"] if name == "video" else cfg["num_views"]
+        srcs[name] = make_source(spec, name, split=cfg["split"], root=cfg["root"],
+                                 min_frames=need, resolution=cfg["resolution"])
+        if isinstance(spec, RecordSource):  # caller-built source: enforce the window length
+            srcs[name].min_frames = max(srcs[name].min_frames, need)
+        per_stream[name] = stream_dataset(srcs[name], name, cfg, process_index=pi,
+                                          process_count=pc, batch_size=bs)
+    if len(per_stream) == 1:
+        ds = next(iter(per_stream.values()))
+    else:
+        ds = grain.IterDataset.mix(per_stream, cfg["mixture"])
+    if cfg["num_workers"] > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg["num_workers"]))
+    return ds, srcs, dict(cfg, per_process_batch=bs, process_index=pi, process_count=pc)
+
+
+def make_train_iterator(config_like: Any, *, process_index: int | None = None,
+                        process_count: int | None = None,
+                        sources: Mapping[str, Any] | None = None) -> TrainIterator:
+    """Infinite iterator of per-process batches, each from one stream (see module docstring).
+
+    ``process_index``/``process_count`` default to ``jax.process_index()``/``process_count()``.
+    ``sources`` overrides ``data.sources`` ({stream: spec or RecordSource}).
+    """
+    ds, srcs, cfg = make_train_dataset(config_like, process_index=process_index,
+                                       process_count=process_count, sources=sources)
+    return TrainIterator(iter(ds), srcs, cfg["mixture"], cfg["per_process_batch"])
+
+
+def to_global_batch(batch: Mapping[str, Any], sharding: Any) -> dict[str, jax.Array]:
+    """Per-process numpy batch -> global ``jax.Array``s with ``sharding`` (leading axis = batch).
+
+    ``sharding`` is one ``jax.sharding.Sharding`` used for every leaf, or a pytree of them
+    matching ``batch``. Each process passes its own rows; the global batch dimension is
+    ``process_count * per_process_batch`` (``jax.make_array_from_process_local_data``).
+    """
+    if isinstance(sharding, jax.sharding.Sharding):
+        return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+                for k, v in batch.items()}
+    return jax.tree.map(lambda s, v: jax.make_array_from_process_local_data(s, np.asarray(v)),
+                        sharding, dict(batch))
+
+
+__all__ = ["make_train_iterator", "make_train_dataset", "stream_dataset", "to_global_batch",
+           "TrainIterator", "process_shard", "STREAM_IDS", "STREAM_NAMES"]
