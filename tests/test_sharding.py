@@ -81,3 +81,16 @@ def test_sequence_parallel_temporal_attention_equals_unsharded():
         got = _forward(ref, inp)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
     assert float(jnp.abs(got - want).max()) < 1e-4
+
+
+def test_per_sample_drop_equals_absent_condition():
+    """drop_id/drop_audio on a sample == calling the model without that condition (CFG contract)."""
+    model = UNet(CFG, rngs=nnx.Rngs(0))
+    _randomize_zero_layers(model)
+    inp = _inputs(b=2, f=2)
+    both = model(inp["x"], inp["t"], id_tokens=inp["id_tokens"], audio_tokens=inp["audio_tokens"],
+                 drop_id=jnp.array([False, True]), drop_audio=jnp.array([True, False]))
+    s0 = model(inp["x"][:1], inp["t"][:1], id_tokens=inp["id_tokens"][:1])
+    s1 = model(inp["x"][1:], inp["t"][1:], audio_tokens=inp["audio_tokens"][1:])
+    np.testing.assert_allclose(np.asarray(both), np.concatenate([s0, s1]), rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(s0 - model(inp["x"][:1], inp["t"][:1])).max()) > 1e-4

@@ -101,13 +101,19 @@ class BasicTransformerBlock(nnx.Module):
         self.ff = FeedForward(dim, rngs=rngs, dtype=dtype)
 
     def __call__(self, x, context=None, audio=None):
-        """``x: [N, L, C]``, ``context: [N, M, Dc]|None``, ``audio: [N, Na, Da]|None``."""
+        """``x: [N, L, C]``; ``context``/``audio`` are ``(tokens [N, M, D], keep [N] | None)``
+        or None. ``keep`` gates the branch per sample: 0 is exactly the absent condition, which
+        is how CFG dropout and batched guidance drop a condition for some samples only."""
         x = x + self.attn1(self.norm1(x))
         if context is not None:
-            x = x + self.attn2(self.norm2(x), context)
+            x = x + _gate(self.attn2(self.norm2(x), context[0]), context[1])
         if audio is not None and self.attn_audio is not None:
-            x = x + self.attn_audio(self.norm_audio(x), audio)
+            x = x + _gate(self.attn_audio(self.norm_audio(x), audio[0]), audio[1])
         return x + self.ff(self.norm3(x))
+
+
+def _gate(y, keep):
+    return y if keep is None else y * keep.astype(y.dtype)[:, None, None]
 
 
 class Transformer2DModel(nnx.Module):

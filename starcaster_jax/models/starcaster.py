@@ -47,12 +47,14 @@ class STARCaster(nnx.Module):
             self.audio_proj = None
 
     def __call__(self, x, t, *, id_emb=None, audio_windows=None, view=None, context_mask=None,
-                 deterministic: bool = True):
+                 deterministic: bool = True, drop_id=None, drop_audio=None):
         """``x [B,F,H,W,C]``, ``t [B,F]``, ``id_emb [B,512]``, ``audio_windows [B,F,2w+1,L,D]``,
-        ``view [B,F,6]``, ``context_mask [B,F]``; ``None`` = condition absent (CFG drop)."""
+        ``view [B,F,6]``, ``context_mask [B,F]``; ``None`` = condition absent; ``drop_* [B]``
+        drop it per sample (CFG dropout, batched guidance: see diffusion/guidance.py)."""
         id_tokens = None if id_emb is None else self.id_proj(id_emb)                # [B, N, D]
         audio_tokens = None
         if audio_windows is not None and self.audio_proj is not None:
             audio_tokens = self.audio_proj(audio_windows)                          # [B, F, Na, Da]
         return self.unet(x, t, id_tokens=id_tokens, audio_tokens=audio_tokens, view=view,
-                         context_mask=context_mask, deterministic=deterministic)
+                         context_mask=context_mask, deterministic=deterministic,
+                         drop_id=drop_id, drop_audio=drop_audio)

@@ -164,11 +164,13 @@ class UNet(nnx.Module):
         self.temporal_attention_fn = None
 
     def __call__(self, x, t, *, id_tokens=None, audio_tokens=None, view=None, context_mask=None,
-                 deterministic: bool = True):
+                 deterministic: bool = True, drop_id=None, drop_audio=None):
         """``x [B,F,H,W,C]``, ``t [B,F]`` (or ``[B]``), ``id_tokens [B,N,D]``,
         ``audio_tokens [B,F,Na,Da]``, ``view [B,F,6]``, ``context_mask [B,F]`` -> ``[B,F,H,W,C]``.
 
-        ``deterministic`` is accepted for API stability; the SD layout has no dropout.
+        ``None`` = condition absent. ``drop_id`` / ``drop_audio`` (``[B]`` bool) drop a condition
+        for some samples only, with exactly the effect of ``None`` on those samples (CFG dropout
+        and batched guidance). ``deterministic`` is accepted for API stability (no dropout).
         """
         del deterministic
         cfg = self.cfg
@@ -180,10 +182,16 @@ class UNet(nnx.Module):
         temb = self.time_embedding(t.reshape(b * f))                      # [B*F, Dt]
         if context_mask is not None and self.context_embedding is not None:
             temb = temb + context_mask.reshape(b * f, 1).astype(temb.dtype) * self.context_embedding.value
-        ctx = None if id_tokens is None else jnp.repeat(id_tokens.astype(dtype), f, axis=0)  # [B*F, N, D]
+        def keep(drop):  # [B] bool -> [B*F] float gate, or None
+            return None if drop is None else jnp.repeat(1.0 - drop.astype(jnp.float32), f)
+
+        ctx = None
+        if id_tokens is not None:
+            ctx = (jnp.repeat(id_tokens.astype(dtype), f, axis=0), keep(drop_id))           # [B*F, N, D]
         aud = None
         if audio_tokens is not None:
-            aud = audio_tokens.astype(dtype).reshape(b * f, *audio_tokens.shape[2:])        # [B*F, Na, Da]
+            aud = (audio_tokens.astype(dtype).reshape(b * f, *audio_tokens.shape[2:]),      # [B*F, Na, Da]
+                   keep(drop_audio))
         vemb = None
         if view is not None and self.view_embedding is not None:
             vemb = self.view_embedding(view)                                # [B, F, Dv]
