@@ -21,6 +21,7 @@ COMPONENTS = (
     ("audio", r"(^audio_proj\.|\.attn_audio\.|\.norm_audio\.)"),
     ("identity", r"^id_proj\."),
     ("temporal", r"\.motion_modules\."),
+    ("context", r"^unet\.context_embedding$"),
     ("spatial", r"^unet\."),
 )
 

@@ -16,27 +16,36 @@ from starcaster_jax.models.layers import Conv, Dense, GroupNorm, LayerNorm, gelu
 
 
 class ResnetBlock2D(nnx.Module):
-    """GroupNorm -> SiLU -> conv -> (+ time emb) -> GroupNorm -> SiLU -> conv, residual."""
+    """diffusers ``ResnetBlock2D`` (shared by the UNet and the VAE) (time_embedding_norm="default", dropout 0), channels last.
 
-    def __init__(self, in_ch: int, out_ch: int, *, temb_dim: int | None, groups: int = 32,
-                 eps: float = 1e-5, rngs: nnx.Rngs, dtype=None):
-        self.norm1 = GroupNorm(in_ch, groups, eps=eps, rngs=rngs, dtype=dtype)
-        self.conv1 = Conv(in_ch, out_ch, 3, rngs=rngs, dtype=dtype)
-        self.time_emb_proj = (Dense(temb_dim, out_ch, names=("embed", "conv_out"), rngs=rngs, dtype=dtype)
+    GroupNorm -> SiLU -> conv1 (+ projected time embedding when ``temb_dim``) -> GroupNorm ->
+    SiLU -> conv2, plus a residual (1x1 ``conv_shortcut`` when channels change).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, *, temb_dim: int | None = None,
+                 groups: int = 32, eps: float = 1e-6, output_scale_factor: float = 1.0,
+                 rngs: nnx.Rngs, dtype=None):
+        out_channels = out_channels or in_channels
+        self.output_scale_factor = output_scale_factor
+        self.norm1 = GroupNorm(in_channels, groups, eps=eps, rngs=rngs, dtype=dtype)
+        self.conv1 = Conv(in_channels, out_channels, 3, rngs=rngs, dtype=dtype)
+        self.time_emb_proj = (Dense(temb_dim, out_channels, names=("embed", "conv_out"), rngs=rngs, dtype=dtype)
                               if temb_dim else None)
-        self.norm2 = GroupNorm(out_ch, groups, eps=eps, rngs=rngs, dtype=dtype)
-        self.conv2 = Conv(out_ch, out_ch, 3, rngs=rngs, dtype=dtype)
-        self.conv_shortcut = Conv(in_ch, out_ch, 1, rngs=rngs, dtype=dtype) if in_ch != out_ch else None
+        self.norm2 = GroupNorm(out_channels, groups, eps=eps, rngs=rngs, dtype=dtype)
+        self.conv2 = Conv(out_channels, out_channels, 3, rngs=rngs, dtype=dtype)
+        self.conv_shortcut = (Conv(in_channels, out_channels, 1, rngs=rngs, dtype=dtype)
+                              if in_channels != out_channels else None)
 
-    def __call__(self, x, temb=None):
-        """``x: [N, H, W, Cin]``, ``temb: [N, Dt]`` -> ``[N, H, W, Cout]``."""
+    def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
+        """``x: [N, H, W, Cin]``, ``temb: [N, temb_dim]`` -> ``[N, H, W, Cout]``."""
         h = self.conv1(jax.nn.silu(self.norm1(x)))
         if self.time_emb_proj is not None and temb is not None:
             h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
         h = self.conv2(jax.nn.silu(self.norm2(h)))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
-        return x + h
+        out = x + h
+        return out if self.output_scale_factor == 1.0 else out / self.output_scale_factor
 
 
 class Downsample2D(nnx.Module):

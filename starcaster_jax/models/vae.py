@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from starcaster_jax.models.attention import Attention, dot_product_attention
-from starcaster_jax.models.layers import Conv, Dense, GroupNorm
+from starcaster_jax.models.blocks import ResnetBlock2D, Upsample2D
+from starcaster_jax.models.layers import Conv, GroupNorm
 
 
 # ----------------------------------------------------------------------------- config
@@ -141,39 +142,6 @@ class DiagonalGaussian:
 
 # ----------------------------------------------------------------------------- blocks
 
-class ResnetBlock2D(nnx.Module):
-    """diffusers ``ResnetBlock2D`` (time_embedding_norm="default", dropout 0), channels last.
-
-    GroupNorm -> SiLU -> conv1 (+ projected time embedding when ``temb_dim``) -> GroupNorm ->
-    SiLU -> conv2, plus a residual (1x1 ``conv_shortcut`` when channels change).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int | None = None, *, temb_dim: int | None = None,
-                 groups: int = 32, eps: float = 1e-6, output_scale_factor: float = 1.0,
-                 rngs: nnx.Rngs, dtype=None):
-        out_channels = out_channels or in_channels
-        self.output_scale_factor = output_scale_factor
-        self.norm1 = GroupNorm(in_channels, groups, eps=eps, rngs=rngs, dtype=dtype)
-        self.conv1 = Conv(in_channels, out_channels, 3, rngs=rngs, dtype=dtype)
-        self.time_emb_proj = (Dense(temb_dim, out_channels, names=("embed", "conv_out"), rngs=rngs, dtype=dtype)
-                              if temb_dim else None)
-        self.norm2 = GroupNorm(out_channels, groups, eps=eps, rngs=rngs, dtype=dtype)
-        self.conv2 = Conv(out_channels, out_channels, 3, rngs=rngs, dtype=dtype)
-        self.conv_shortcut = (Conv(in_channels, out_channels, 1, rngs=rngs, dtype=dtype)
-                              if in_channels != out_channels else None)
-
-    def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
-        """``x: [N, H, W, Cin]``, ``temb: [N, temb_dim]`` -> ``[N, H, W, Cout]``."""
-        h = self.conv1(jax.nn.silu(self.norm1(x)))
-        if self.time_emb_proj is not None and temb is not None:
-            h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
-        h = self.conv2(jax.nn.silu(self.norm2(h)))
-        if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)
-        out = x + h
-        return out if self.output_scale_factor == 1.0 else out / self.output_scale_factor
-
-
 class Downsample2D(nnx.Module):
     """Stride-2 3x3 conv with diffusers' asymmetric (bottom/right only) padding."""
 
@@ -181,17 +149,6 @@ class Downsample2D(nnx.Module):
         self.conv = Conv(channels, channels, 3, stride=2, padding=((0, 1), (0, 1)), rngs=rngs, dtype=dtype)
 
     def __call__(self, x):  # [N, H, W, C] -> [N, H/2, W/2, C]
-        return self.conv(x)
-
-
-class Upsample2D(nnx.Module):
-    """Nearest-neighbour x2 then 3x3 conv."""
-
-    def __init__(self, channels: int, *, rngs: nnx.Rngs, dtype=None):
-        self.conv = Conv(channels, channels, 3, rngs=rngs, dtype=dtype)
-
-    def __call__(self, x):  # [N, H, W, C] -> [N, 2H, 2W, C]
-        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
         return self.conv(x)
 
 
