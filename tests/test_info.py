@@ -26,7 +26,7 @@ def test_variants_build_abstractly(variant):
 
 
 def test_info_cli_prints_table_and_rejects_misuse():
-    out = subprocess.run([sys.executable, "launch/info.py", "--config=configs/stage2_audio.py:paper"],
+    out = subprocess.run([sys.executable, "launch/info.py", "--config=configs/stage2_audio.py:tiny"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "spatial" in out.stdout and "total" in out.stdout

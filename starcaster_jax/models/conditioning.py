@@ -42,3 +42,29 @@ class ViewEmbedding(nnx.Module):
         feats = jnp.concatenate([view[..., None], jnp.sin(ang), jnp.cos(ang)], -1)
         feats = feats.reshape(*view.shape[:-1], -1).astype(self.linear_1.kernel.dtype)
         return self.linear_2(jax.nn.silu(self.linear_1(feats)))
+
+
+class IdentityProjector(nnx.Module):
+    """The soft identity constraint: a face-recognition embedding -> ``N_id`` cross-attention tokens.
+
+    The embedding is L2-normalised first (ArcFace embeddings live on the sphere; their norm
+    carries image quality, not identity), then an MLP maps it to ``num_tokens x dim`` and a
+    LayerNorm per token keeps the tokens at the scale the cross-attention expects
+    (IP-Adapter / Arc2Face-style projection).
+    """
+
+    def __init__(self, *, embed_dim: int = 512, num_tokens: int = 4, dim: int = 768,
+                 hidden_dim: int | None = None, rngs: nnx.Rngs, dtype=None):
+        from starcaster_jax.models.layers import LayerNorm
+        hidden_dim = hidden_dim or 2 * dim
+        self.num_tokens, self.dim = num_tokens, dim
+        self.linear_1 = Dense(embed_dim, hidden_dim, names=("cond", "mlp"), rngs=rngs, dtype=dtype)
+        self.linear_2 = Dense(hidden_dim, num_tokens * dim, names=("mlp", "embed"), rngs=rngs, dtype=dtype)
+        self.norm = LayerNorm(dim, rngs=rngs, dtype=dtype)
+
+    def __call__(self, emb):
+        """``emb: [B, E]`` -> ``[B, N_id, D]``."""
+        emb = emb.astype(jnp.float32)
+        emb = emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-6)
+        h = self.linear_2(jax.nn.gelu(self.linear_1(emb.astype(self.linear_1.kernel.dtype))))
+        return self.norm(h.reshape(emb.shape[0], self.num_tokens, self.dim))

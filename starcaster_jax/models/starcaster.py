@@ -10,6 +10,7 @@ import ml_collections as mlc
 from flax import nnx
 
 from starcaster_jax.models.audio.alignment import AudioProjector
+from starcaster_jax.models.conditioning import IdentityProjector
 from starcaster_jax.models.unet import UNet, UNetConfig
 
 
@@ -31,7 +32,6 @@ class STARCaster(nnx.Module):
     """``unet`` + ``id_proj`` (identity embedding -> tokens) + ``audio_proj`` (feature windows -> tokens)."""
 
     def __init__(self, model_cfg: mlc.ConfigDict, *, rngs: nnx.Rngs):
-        from starcaster_jax.models.identity import IdentityProjector
         ucfg = UNetConfig.from_dict(model_cfg.unet.to_dict())
         self.unet = UNet(ucfg, rngs=rngs)
         idc = model_cfg.identity
