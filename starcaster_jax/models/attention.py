@@ -11,19 +11,34 @@ from flax import nnx
 
 from starcaster_jax.models.layers import Dense
 
-# Set once from config (``model.attention_impl``); None lets JAX choose (XLA on CPU/TPU).
+# Set once from config (``model.attention_impl``). None = "einsum" on CPU, JAX's choice elsewhere.
+IMPLEMENTATIONS = (None, "xla", "cudnn", "einsum")
 _IMPLEMENTATION: list[str | None] = [None]
 
 
 def set_attention_implementation(impl: str | None) -> None:
-    if impl not in (None, "xla", "cudnn"):
-        raise ValueError(f"model.attention_impl: expected None, 'xla' or 'cudnn', got {impl!r}")
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"model.attention_impl: expected one of {IMPLEMENTATIONS}, got {impl!r}")
     _IMPLEMENTATION[0] = impl
+
+
+def _einsum_attention(q, k, v, mask=None):
+    """Heads-major einsum attention. On XLA:CPU this is ~1.75x faster than
+    ``jax.nn.dot_product_attention`` at 1024 tokens with small heads (measured: 218 vs 381 ms
+    for [8, 1024, 8, 8]); same maths, so parity is unaffected."""
+    qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))                 # [B, H, L, D]
+    s = jnp.einsum("bhqd,bhkd->bhqk", qt, kt) * (q.shape[-1] ** -0.5)       # [B, H, Lq, Lk]
+    if mask is not None:
+        s = jnp.where(mask, s, jnp.finfo(s.dtype).min)
+    p = jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", p, vt), 1, 2)         # [B, Lq, H, D]
 
 
 def dot_product_attention(q, k, v, *, mask=None, implementation: str | None = None):
     """``q: [B, Lq, H, D]``, ``k, v: [B, Lk, H, D]``, ``mask``: broadcastable to ``[B, H, Lq, Lk]`` (True = keep)."""
     impl = implementation if implementation is not None else _IMPLEMENTATION[0]
+    if impl == "einsum" or (impl is None and jax.default_backend() == "cpu"):
+        return _einsum_attention(q, k, v, mask)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
 
 
