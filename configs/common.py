@@ -89,6 +89,9 @@ def base_config(variant: str) -> mlc.ConfigDict:
                                  use_temporal=True, use_context_embedding=True))
     m.vae = mlc.ConfigDict(dict(_VAE[variant], scaling_factor=0.18215 if variant == "paper" else 1.0))
     m.vae_checkpoint = ""          # trained tiny VAE (demo) or an imported SD VAE directory
+    # Directory written by `python -m launch.train_encoders` (<dir>/{vae,audio,identity_cond,
+    # identity_eval,lip_loss,lip_eval}); the explicit *_checkpoint fields win over it.
+    m.encoders_dir = ""
     m.identity = mlc.ConfigDict(dict(embed_dim=512, num_tokens=_ID_TOKENS[variant],
                                      dim=_UNET[variant]["cross_attention_dim"],
                                      encoder="builtin", encoder_checkpoint=""))
@@ -130,9 +133,62 @@ def base_config(variant: str) -> mlc.ConfigDict:
     s.warmup_steps = 50
     s.decay = "cosine"             # "cosine" | "constant"
 
+    # Objectives (training/losses.py). Stages override the drop probabilities and lip weight.
+    c.train = mlc.ConfigDict(dict(
+        p_drop_id=0.1, p_drop_audio=0.1, p_drop_view=0.2,   # CFG / invent-your-own-motion dropout
+        p_context=0.7,              # video: P(first K frames are clean context) else synthesize
+        p_context_multiview=0.5,    # multiview: P(view 0 is a clean reference)
+        lip_weight=0.0, lip_low_noise_power=1.0, lip_checkpoint="",
+        strict_reference=False,     # ablation: reference frame always context, no identity tokens
+        use_view=True, vae_latent_noise=False))
+    # Self-forcing (training/self_forcing.py): roll out R chunks with a few-step sampler.
+    c.self_forcing = mlc.ConfigDict(dict(enabled=False, probability=0.5, chunks=2, steps=4,
+                                         sampler="ddim", mode="context_stopgrad"))
+    # LoRA on chosen kernels (stage 3: the temporal blocks); alpha / rank scales the update.
+    # ``also_train``: base parameters that keep training next to the adapters (small, new layers).
+    c.lora = mlc.ConfigDict(dict(enabled=False, rank=16, alpha=16.0, train_base=False,
+                                 also_train=r"view_embedding|view_proj",
+                                 targets=r"motion_modules\..*\.(to_q|to_k|to_v|to_out)"))
+
     c.mesh = mlc.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.ckpt = mlc.ConfigDict(dict(every_steps=200, keep=3, async_save=True))
     c.eval = mlc.ConfigDict(dict(every_steps=0, sample_every_steps=0, num_samples=1))
-    c.log = mlc.ConfigDict(dict(every_steps=10))
+    c.log = mlc.ConfigDict(dict(every_steps=10, progress=True))
+    c.max_wall_minutes = 0.0       # stop (with a checkpoint) after this long; 0 = no limit
     c.init_from = ""
+    return c
+
+
+# Ablations (``--config=configs/<stage>.py:<variant>,ablation=<name>``): what each one tests.
+ABLATIONS = {
+    "none": "the full method",
+    "no_lip_loss": "lip-reading loss off (lip_weight = 0): is lip sync learnt from audio alone?",
+    "no_self_forcing": "self-forcing off: drift over long autoregressive videos",
+    "strict_reference": "reference frame always given as context, no identity tokens "
+                        "(the 'strict' alternative to the soft identity constraint)",
+    "no_view_embedding": "no per-frame view signal: free-viewpoint control and view consistency",
+    "full_finetune_stage3": "stage 3 trains every weight (no LoRA): forgetting of temporal skill",
+    "no_audio_cfg_dropout": "audio never dropped in training (no audio CFG possible)",
+}
+
+
+def apply_ablation(c: mlc.ConfigDict, name: str) -> mlc.ConfigDict:
+    """Change ``c`` as ablation ``name`` says (see ABLATIONS)."""
+    if name not in ABLATIONS:
+        raise ValueError(f"ablation {name!r}: expected one of {sorted(ABLATIONS)}")
+    c.ablation = name
+    if name == "no_lip_loss":
+        c.train.lip_weight = 0.0
+    elif name == "no_self_forcing":
+        c.self_forcing.enabled = False
+    elif name == "strict_reference":
+        c.train.strict_reference = True
+        c.train.p_context = 1.0
+        c.train.p_context_multiview = 1.0
+    elif name == "no_view_embedding":
+        c.train.use_view = False
+    elif name == "full_finetune_stage3":
+        c.lora.enabled = False
+    elif name == "no_audio_cfg_dropout":
+        c.train.p_drop_audio = 0.0 if c.train.p_drop_audio < 1.0 else 1.0
     return c

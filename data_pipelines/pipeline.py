@@ -23,6 +23,7 @@ attribute or mapping access)::
 
     data.batch_size    GLOBAL batch size (divided by process_count; must divide)
     data.num_frames F, data.context_frames K  -> video windows of F + K frames
+    data.window_frames  overrides the window length (self-forcing needs K + (R+1) F)
     data.num_views     V views per multi-view example
     data.resolution    output resolution (records must be k * resolution square)
     data.mixture       {stream: weight}; streams with weight 0 are not opened
@@ -76,7 +77,8 @@ def _resolve(config_like: Any) -> dict[str, Any]:
     srcs = _get(data, "sources", None)
     return dict(
         batch_size=int(_get(data, "batch_size", 2)),
-        num_frames=int(_get(data, "num_frames", 4)) + int(_get(data, "context_frames", 0)),
+        num_frames=int(_get(data, "window_frames", 0) or 0)
+        or int(_get(data, "num_frames", 4)) + int(_get(data, "context_frames", 0)),
         num_views=int(_get(data, "num_views", 4)),
         resolution=_get(data, "resolution", None),
         mixture=mixture,

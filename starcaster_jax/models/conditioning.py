@@ -68,3 +68,34 @@ class IdentityProjector(nnx.Module):
         emb = emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-6)
         h = self.linear_2(jax.nn.gelu(self.linear_1(emb.astype(self.linear_1.kernel.dtype))))
         return self.norm(h.reshape(emb.shape[0], self.num_tokens, self.dim))
+
+
+def _pose_to_matrix(ypr):
+    """(yaw, pitch, roll) [...,3] -> R = Ry(yaw) Rx(-pitch) Rz(roll) (data_pipelines.schema)."""
+    y, p, r = ypr[..., 0], -ypr[..., 1], ypr[..., 2]
+    cy, sy, cp, sp, cr, sr = jnp.cos(y), jnp.sin(y), jnp.cos(p), jnp.sin(p), jnp.cos(r), jnp.sin(r)
+    one, zero = jnp.ones_like(y), jnp.zeros_like(y)
+    ry = jnp.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).reshape(*y.shape, 3, 3)
+    rx = jnp.stack([one, zero, zero, zero, cp, -sp, zero, sp, cp], -1).reshape(*y.shape, 3, 3)
+    rz = jnp.stack([cr, -sr, zero, sr, cr, zero, zero, zero, one], -1).reshape(*y.shape, 3, 3)
+    return ry @ rx @ rz
+
+
+def _matrix_to_pose(rot):
+    q = jnp.arcsin(jnp.clip(-rot[..., 1, 2], -1.0, 1.0))
+    yaw = jnp.arctan2(rot[..., 0, 2], rot[..., 2, 2])
+    roll = jnp.arctan2(rot[..., 1, 0], rot[..., 1, 1])
+    return jnp.stack([yaw, -q, roll], -1)
+
+
+def rebase_view(view, ref: int):
+    """Re-express per-frame poses ``[B, F, 6]`` relative to frame ``ref`` (jit-friendly twin of
+    ``data_pipelines.schema.relative_pose``). Composition makes this exact for poses that are
+    already relative to some earlier frame: R_ref^T R_f does not depend on the old origin.
+    Used wherever a chunk does not start at the clip's first frame (self-forcing, long videos)."""
+    view = view.astype(jnp.float32)
+    rot = _pose_to_matrix(view[..., :3])                                   # [B, F, 3, 3]
+    rel = jnp.einsum("bji,bfjk->bfik", rot[:, ref], rot)
+    txy = view[..., 3:5] - view[:, ref:ref + 1, 3:5]
+    scale = view[..., 5:6] / view[:, ref:ref + 1, 5:6]
+    return jnp.concatenate([_matrix_to_pose(rel), txy, scale], -1)

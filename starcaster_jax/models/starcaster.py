@@ -47,7 +47,7 @@ class STARCaster(nnx.Module):
             self.audio_proj = None
 
     def __call__(self, x, t, *, id_emb=None, audio_windows=None, view=None, context_mask=None,
-                 deterministic: bool = True, drop_id=None, drop_audio=None):
+                 deterministic: bool = True, drop_id=None, drop_audio=None, drop_view=None):
         """``x [B,F,H,W,C]``, ``t [B,F]``, ``id_emb [B,512]``, ``audio_windows [B,F,2w+1,L,D]``,
         ``view [B,F,6]``, ``context_mask [B,F]``; ``None`` = condition absent; ``drop_* [B]``
         drop it per sample (CFG dropout, batched guidance: see diffusion/guidance.py)."""
@@ -57,4 +57,4 @@ class STARCaster(nnx.Module):
             audio_tokens = self.audio_proj(audio_windows)                          # [B, F, Na, Da]
         return self.unet(x, t, id_tokens=id_tokens, audio_tokens=audio_tokens, view=view,
                          context_mask=context_mask, deterministic=deterministic,
-                         drop_id=drop_id, drop_audio=drop_audio)
+                         drop_id=drop_id, drop_audio=drop_audio, drop_view=drop_view)

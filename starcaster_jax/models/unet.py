@@ -164,13 +164,14 @@ class UNet(nnx.Module):
         self.temporal_attention_fn = None
 
     def __call__(self, x, t, *, id_tokens=None, audio_tokens=None, view=None, context_mask=None,
-                 deterministic: bool = True, drop_id=None, drop_audio=None):
+                 deterministic: bool = True, drop_id=None, drop_audio=None, drop_view=None):
         """``x [B,F,H,W,C]``, ``t [B,F]`` (or ``[B]``), ``id_tokens [B,N,D]``,
         ``audio_tokens [B,F,Na,Da]``, ``view [B,F,6]``, ``context_mask [B,F]`` -> ``[B,F,H,W,C]``.
 
         ``None`` = condition absent. ``drop_id`` / ``drop_audio`` (``[B]`` bool) drop a condition
         for some samples only, with exactly the effect of ``None`` on those samples (CFG dropout
-        and batched guidance). ``deterministic`` is accepted for API stability (no dropout).
+        and batched guidance); ``drop_view`` likewise gates the view embedding (the model then
+        invents its own head motion). ``deterministic`` is accepted for API stability (no dropout).
         """
         del deterministic
         cfg = self.cfg
@@ -195,6 +196,8 @@ class UNet(nnx.Module):
         vemb = None
         if view is not None and self.view_embedding is not None:
             vemb = self.view_embedding(view)                                # [B, F, Dv]
+            if drop_view is not None:
+                vemb = vemb * (1.0 - drop_view.astype(vemb.dtype))[:, None, None]
         args = (temb, ctx, aud, vemb, f, cfg.remat_policy, self.temporal_attention_fn)
 
         h = self.conv_in(x.reshape(b * f, hh, ww, c).astype(dtype))      # [B*F, H, W, C0]

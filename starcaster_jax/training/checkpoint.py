@@ -1,0 +1,124 @@
+"""Checkpoints: one Orbax ``CheckpointManager`` per workdir (``<workdir>/checkpoints``).
+
+Items of every step: ``state`` (params, optimiser, EMA, step, rng, skipped — StandardSave of a
+plain pytree), ``config`` (the resolved config as JSON) and ``data`` (the Grain iterator state,
+``grain.checkpoint.CheckpointSave``), so a pre-empted job resumes on exactly the next batch.
+Saves are async (the loop keeps training while the arrays are written); the last ``keep`` are
+kept. A step whose update was skipped as non-finite is never saved (the loop checks).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import ml_collections as mlc
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from starcaster_jax.training.state import TrainState, merged_model_params
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, ckpt_cfg, *, enable_data: bool = True):
+        self.directory = checkpoint_dir(workdir)
+        opts = ocp.CheckpointManagerOptions(
+            max_to_keep=int(ckpt_cfg.keep),
+            enable_async_checkpointing=bool(ckpt_cfg.get("async_save", True)),
+            create=True)
+        self.enable_data = enable_data
+        self.mngr = ocp.CheckpointManager(self.directory, options=opts)
+
+    def latest_step(self) -> int | None:
+        return self.mngr.latest_step()
+
+    def save(self, step: int, state: TrainState, config, data_iter=None, *, force=False) -> bool:
+        items = dict(state=ocp.args.StandardSave(state.as_dict()),
+                     config=ocp.args.JsonSave(json.loads(config.to_json())))
+        if self.enable_data and data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        return self.mngr.save(int(step), args=ocp.args.Composite(**items), force=force)
+
+    def restore(self, abstract_state: TrainState, data_iter=None, step: int | None = None
+                ) -> TrainState | None:
+        """Latest (or ``step``) state into ``abstract_state``'s shardings; sets ``data_iter``'s
+        position. None when the workdir holds no checkpoint."""
+        step = self.mngr.latest_step() if step is None else step
+        if step is None:
+            return None
+        items = dict(state=ocp.args.StandardRestore(abstract_state.as_dict()))
+        if self.enable_data and data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        try:
+            out = self.mngr.restore(step, args=ocp.args.Composite(**items))
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{self.directory}/{step}: checkpoint does not match the config "
+                             f"({str(e).splitlines()[0][:300]})") from None
+        return TrainState.from_dict(out["state"])
+
+    def wait(self) -> None:
+        self.mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self.mngr.wait_until_finished()
+        self.mngr.close()
+
+
+def read_config(workdir: str, step: int | None = None) -> mlc.ConfigDict:
+    """The resolved config a workdir was trained with."""
+    mngr = ocp.CheckpointManager(checkpoint_dir(workdir))
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{workdir}: no checkpoint (expected {checkpoint_dir(workdir)}/<step>)")
+    cfg = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    mngr.close()
+    return mlc.ConfigDict(cfg)
+
+
+def restore_params(workdir: str, config=None, *, use_ema: bool = True, step: int | None = None):
+    """-> (merged model params (pure dict, LoRA folded in), config, step) of a training workdir,
+    restored as host arrays without building an optimiser."""
+    from starcaster_jax.sharding import make_mesh
+    from starcaster_jax.training.state import ModelDef, check_same_tree, lora_config
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        raise FileNotFoundError(f"{workdir}: not a training workdir (no checkpoints/ inside)")
+    saved_cfg = read_config(workdir, step)
+    config = saved_cfg if config is None else config
+    mngr = ocp.CheckpointManager(checkpoint_dir(workdir))
+    step = mngr.latest_step() if step is None else step
+    key = "ema" if use_ema else "params"
+    # Partial restore of one sub-tree: metadata gives the saved tree, we keep ``key`` only.
+    meta = mngr.item_metadata(step)["state"]
+    tree = meta.tree if hasattr(meta, "tree") else meta
+    sub = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[key])
+    target = {k: (sub if k == key else ocp.PLACEHOLDER) for k in tree}
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=target, restore_args=jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=None), target))))
+    mngr.close()
+    trainable = out["state"][key]
+    mdef = ModelDef(config, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
+    from starcaster_jax.training.state import normalize_keys
+    trainable = {"model": normalize_keys(trainable["model"], mdef.abstract_params),
+                 **({"lora": trainable["lora"]} if "lora" in trainable else {})}
+    params = merged_model_params(trainable, config if lora_config(config) else saved_cfg)
+    check_same_tree(mdef.abstract_params, params, f"{workdir} (step {step})")
+    return params, config, step
+
+
+def load_for_inference(path: str, *, use_ema: bool = True):
+    """Training workdir -> (STARCaster with its EMA (or raw) weights, resolved config)."""
+    from starcaster_jax.models.starcaster import STARCaster
+    params, config, _ = restore_params(path, use_ema=use_ema)
+    abstract = nnx.eval_shape(lambda: STARCaster(config.model, rngs=nnx.Rngs(0)))
+    graphdef, _ = nnx.split(abstract)
+    return nnx.merge(graphdef, params), config

@@ -1,0 +1,154 @@
+"""The training loop: one linear function (big_vision style).
+
+    mesh -> Trainer (abstract state, shardings, compiled steps) -> data iterator
+    -> restore (workdir) | init_from (previous stage) | fresh init
+    -> for each batch: its stream's step -> metrics -> checkpoint -> samples
+    -> final checkpoint
+
+Pre-emption: SIGTERM (what TPU maintenance / SLURM send) sets a flag; the loop saves a
+checkpoint at the next step boundary and returns. ``kill -9`` loses at most the steps since the
+last checkpoint, and a restart resumes bit-exactly (same params, same next batches).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+
+from starcaster_jax import sharding as shd
+from starcaster_jax.training.checkpoint import Checkpointer, restore_params
+from starcaster_jax.training.metrics import MetricWriter, device_peak_flops, step_flops
+from starcaster_jax.training.step import Trainer
+
+log = logging.getLogger(__name__)
+
+
+class _Preemption:
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread (e.g. under a test runner thread)
+            self._old = None
+        return self
+
+    def _handler(self, signum, frame):
+        log.warning("SIGTERM: saving a checkpoint at the next step boundary, then exiting")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def data_config(config, trainer: Trainer) -> dict:
+    """The pipeline's view of the config: the video window grows for self-forcing."""
+    data = config.data.to_dict()
+    data["window_frames"] = trainer.window_frames()
+    return {"data": data, "model": config.model.to_dict(), "seed": config.seed}
+
+
+def make_mesh(config):
+    m = config.mesh
+    return shd.make_mesh({"data": int(m.data), "fsdp": int(m.fsdp), "tensor": int(m.tensor)})
+
+
+def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
+          frozen_nets=None) -> dict:
+    """Train ``config`` in ``workdir`` until ``schedule.total_steps`` (or ``stop_after`` steps
+    in this call, for tests of resumption). Returns a summary dict."""
+    from data_pipelines.pipeline import make_train_iterator
+
+    os.makedirs(workdir, exist_ok=True)
+    mesh = make_mesh(config)
+    trainer = Trainer(config, mesh, frozen_nets=frozen_nets)
+    data = make_train_iterator(data_config(config, trainer), sources=sources)
+    ckpt = Checkpointer(workdir, config.ckpt)
+    total = int(config.schedule.total_steps)
+
+    state = ckpt.restore(trainer.abstract_state(), data)
+    if state is not None:
+        log.info("resumed %s at step %d", workdir, int(state.step))
+    elif config.get("init_from", ""):
+        prev, _, prev_step = restore_params(config.init_from, config=None, use_ema=bool(
+            config.get("init_from_ema", False)))
+        from starcaster_jax.training.state import check_same_tree
+        check_same_tree(trainer.mdef.abstract_params, prev, f"init_from={config.init_from}")
+        state = trainer.init_state(jax.device_put(prev, trainer.mdef.param_shardings))
+        log.info("initialised from %s (step %d)", config.init_from, prev_step)
+    else:
+        state = trainer.init_state()
+    step = int(jax.device_get(state.step))
+
+    writer = MetricWriter(workdir, total_steps=total, progress=bool(config.log.get("progress", True)))
+    writer.advance(step)
+    log_every = max(int(config.log.every_steps), 1)
+    ckpt_every = max(int(config.ckpt.every_steps), 1)
+    max_wall = float(config.get("max_wall_minutes", 0.0) or 0.0) * 60.0
+    seen: set[str] = set()
+    flops: dict[str, float | None] = {}
+    peak = None
+    pending: list[tuple[str, dict]] = []
+    t_start = time.perf_counter()
+    t_log, n_log, ex_log = t_start, 0, 0
+    steps_this_call = 0
+    last_saved = step if ckpt.latest_step() == step else None
+    summary = {"start_step": step}
+
+    with _Preemption() as pre:
+        while step < total:
+            batch = next(data)
+            kind = trainer.kind_for(batch, step)
+            gb = trainer.global_batch(batch)
+            if kind not in seen:                      # first batch of a stream: compile its steps
+                kinds = [kind] + (["video_sf"] if kind == "video" and trainer.sf.enabled else [])
+                trainer.precompile({k: gb for k in kinds})
+                for k in kinds:
+                    seen.add(k)
+                    flops[k] = step_flops(trainer.compiled(k, gb))
+            state, metrics = trainer.step(state, gb, kind)
+            step += 1
+            steps_this_call += 1
+            pending.append((kind, metrics))
+            ex_log += int(np.asarray(batch["stream"]).shape[0]) * jax.process_count()
+            n_log += 1
+            writer.advance()
+
+            if step % log_every == 0 or step == total:
+                for k, m in jax.device_get(pending):
+                    writer.add(k.replace("video_sf", "video"), m)
+                pending.clear()
+                dt = time.perf_counter() - t_log
+                extra = {"perf/steps_per_s": n_log / dt, "perf/examples_per_s": ex_log / dt,
+                         "skipped_total": float(jax.device_get(state.skipped))}
+                f = np.mean([flops[k] or 0.0 for k in seen]) if seen else 0.0
+                if f:
+                    peak = peak or device_peak_flops()
+                    extra["perf/mfu"] = f * n_log / dt / peak
+                writer.write(step, extra)
+                t_log, n_log, ex_log = time.perf_counter(), 0, 0
+
+            done = step >= total or pre.requested or (stop_after and steps_this_call >= stop_after)
+            timeout = max_wall and time.perf_counter() - t_start > max_wall
+            if step % ckpt_every == 0 or done or timeout:
+                ckpt.save(step, state, config, data, force=True)
+                last_saved = step
+            if done or timeout:
+                break
+
+    if last_saved != step:
+        ckpt.save(step, state, config, data, force=True)
+    ckpt.close()
+    writer.close()
+    summary.update(step=step, skipped=int(jax.device_get(state.skipped)),
+                   skipped_records=data.skipped, history=writer.history,
+                   preempted=pre.requested, wall_s=time.perf_counter() - t_start)
+    data.close()
+    return summary

@@ -1,0 +1,110 @@
+"""Optimiser: LR schedule, parameter groups by regex (freeze / LR multiplier), clipping, EMA.
+
+Parameter paths are the '.'-joined keys of the trainable pure-dict tree, e.g.
+``model.unet.down_blocks.0.motion_modules.0.proj_in.kernel`` or ``lora.<same path>.a``.
+``optim.param_groups`` is an ordered list of ``(regex, rule)``: the first regex that
+``re.search``-es a path decides; ``rule`` is ``"freeze"`` or an LR multiplier (float). Paths no
+regex matches train at the base LR (multiplier 1). Groups become one ``optax.multi_transform``
+so frozen leaves get no optimiser state at all (and XLA drops their weight gradients).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def path_str(path) -> str:
+    """``tree_flatten_with_path`` key path -> ``'a.b.0.kernel'``."""
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return ".".join(parts)
+
+
+def tree_paths(tree) -> list[str]:
+    return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _rule_label(rule) -> str:
+    if isinstance(rule, str):
+        if rule != "freeze":
+            raise ValueError(f"optim.param_groups: rule {rule!r}: expected 'freeze' or a float multiplier")
+        return "freeze"
+    return f"lr*{float(rule):g}"
+
+
+def param_labels(params, groups: Sequence[Sequence[Any]]) -> Any:
+    """Pytree of group labels (``"freeze"`` / ``"lr*<m>"``) matching ``params``."""
+    compiled = []
+    for g in groups or ():
+        if len(g) != 2:
+            raise ValueError(f"optim.param_groups: entry {g!r}: expected (regex, 'freeze' | multiplier)")
+        try:
+            compiled.append((re.compile(g[0]), _rule_label(g[1])))
+        except re.error as e:
+            raise ValueError(f"optim.param_groups: bad regex {g[0]!r}: {e}") from None
+
+    def label(path, _):
+        p = path_str(path)
+        for rx, lab in compiled:
+            if rx.search(p):
+                return lab
+        return "lr*1"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def lr_schedule(base_lr: float, schedule_cfg) -> optax.Schedule:
+    total = int(schedule_cfg.total_steps)
+    warm = min(int(schedule_cfg.warmup_steps), max(total - 1, 0))
+    decay = str(schedule_cfg.get("decay", "cosine"))
+    if decay == "constant":
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, base_lr, max(warm, 1)), optax.constant_schedule(base_lr)], [warm])
+    if decay == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, base_lr, max(warm, 1), max(total, warm + 1),
+                                                  end_value=0.1 * base_lr)
+    raise ValueError(f"schedule.decay {decay!r}: expected 'cosine' or 'constant'")
+
+
+def make_optimizer(config, params) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """-> (transform, base LR schedule) for the trainable tree ``params``."""
+    o = config.optim
+    sched = lr_schedule(float(o.lr), config.schedule)
+    labels = param_labels(params, o.param_groups)
+    used = set(jax.tree.leaves(labels))
+    if used == {"freeze"}:
+        raise ValueError("optim.param_groups freezes every parameter: nothing would train")
+
+    def adamw(mult: float):
+        return optax.adamw(lambda s: mult * sched(s), b1=o.b1, b2=o.b2, eps=o.eps,
+                           weight_decay=o.weight_decay)
+
+    transforms = {lab: (optax.set_to_zero() if lab == "freeze" else adamw(float(lab[3:])))
+                  for lab in used}
+    tx = optax.multi_transform(transforms, labels)
+    if o.grad_clip and o.grad_clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(float(o.grad_clip)), tx)
+    return tx, sched
+
+
+def trainable_mask(params, groups) -> Any:
+    """True where a leaf is trained (used to keep EMA and grad-norm metrics honest)."""
+    return jax.tree.map(lambda lab: lab != "freeze", param_labels(params, groups))
+
+
+def ema_update(ema, params, decay: float, step):
+    """EMA with the usual warm-up ``min(decay, (1 + step) / (10 + step))`` so early EMA weights
+    are not dominated by the random init."""
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
+    return jax.tree.map(lambda e, p: (d * e.astype(jnp.float32) + (1 - d) * p.astype(jnp.float32)
+                                      ).astype(e.dtype), ema, params)

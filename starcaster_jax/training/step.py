@@ -1,0 +1,231 @@
+"""Compiled train steps, one per stream, and the object that owns them.
+
+``Trainer`` resolves everything static once (model graph, shardings, optimiser, losses, frozen
+networks) and exposes ``init_state()``, ``abstract_state()`` and ``step(state, batch)`` which
+dispatches the batch to its stream's compiled step:
+
+    "video"     losses.video_loss
+    "video_sf"  self_forcing.self_forcing_loss   (a video batch chosen with prob. p)
+    "multiview" losses.multiview_loss
+
+Every step skips a non-finite update (loss or gradient NaN/Inf): parameters, optimiser state
+and EMA stay as they were and ``state.skipped`` counts it.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from starcaster_jax import sharding as shd
+from starcaster_jax.training import frozen as frozen_lib
+from starcaster_jax.training import lora as lora_lib
+from starcaster_jax.training import losses as L
+from starcaster_jax.training import optim
+from starcaster_jax.training.self_forcing import SelfForcingConfig, self_forcing_loss
+from starcaster_jax.training.state import ModelDef, TrainState, lora_config, make_rng, replicated
+
+log = logging.getLogger(__name__)
+
+STREAM_NAMES = {0: "video", 1: "multiview"}
+# What the steps read from a batch (everything else stays on the host).
+BATCH_KEYS = ("stream", "frames", "audio", "pose", "pose_valid", "mouth_box", "identity", "id_vector")
+
+
+class Trainer:
+    def __init__(self, config, mesh, *, frozen_nets=None):
+        self.config = config
+        self.mesh = mesh
+        self.mdef = ModelDef(config, mesh)
+        self.lc = L.LossConfig.from_config(config)
+        self.sf = SelfForcingConfig.from_config(config)
+        self.lora = lora_config(config)
+        self.lora_scale = (float(self.lora.get("alpha", self.lora["rank"])) / self.lora["rank"]
+                           if self.lora else 1.0)
+        nets = frozen_lib.build_frozen(config) if frozen_nets is None else frozen_nets
+        self.frozen_graphdefs, frozen_states = frozen_lib.split_frozen(nets)
+        with jax.set_mesh(mesh):
+            self.frozen_states = jax.device_put(frozen_states, replicated(mesh))
+
+        abstract_params = {"model": self.mdef.abstract_params}
+        params_sh = {"model": self.mdef.param_shardings}
+        if self.lora:
+            abs_lora = jax.eval_shape(lambda p: lora_lib.init_lora(
+                p, self.lora["targets"], int(self.lora["rank"]), jax.random.key(0)),
+                self.mdef.abstract_params)
+            abstract_params["lora"] = abs_lora
+            params_sh["lora"] = jax.tree.map(lambda _: replicated(mesh), abs_lora)
+        self.abstract_params = abstract_params
+        groups = list(config.optim.param_groups or ())
+        if self.lora and not self.lora.get("train_base", False):
+            # adapters train, the base is frozen except the small layers named in also_train
+            also = self.lora.get("also_train", "")
+            groups = ([(also, 1.0)] if also else []) + [(r"^model\.", "freeze")] + groups
+        self.groups = groups
+        self.tx, self.lr = optim.make_optimizer(_with_groups(config, groups), abstract_params)
+        self.mask = optim.trainable_mask(abstract_params, groups)
+        abs_opt = jax.eval_shape(self.tx.init, abstract_params)
+        opt_sh = optax.tree_map_params(self.tx, lambda _, s: s, abs_opt, params_sh,
+                                       transform_non_params=lambda _: replicated(mesh),
+                                       is_leaf=lambda x: isinstance(x, NamedSharding))
+        # tree_map_params keeps non-param leaves' abstract values where transform_non_params
+        # is not applied to sub-trees: make every leaf a sharding.
+        opt_sh = jax.tree.map(lambda s: s if isinstance(s, NamedSharding) else replicated(mesh),
+                              opt_sh, is_leaf=lambda x: isinstance(x, NamedSharding))
+        rep = replicated(mesh)
+        self.state_shardings = TrainState(step=rep, params=params_sh, opt_state=opt_sh,
+                                          ema=params_sh, rng=rep, skipped=rep)
+        self._abs_opt = abs_opt
+        self._steps: dict[str, callable] = {}
+        self._compiled_aot: dict[str, object] = {}
+
+    # -- state ---------------------------------------------------------------------------------
+    def abstract_state(self) -> TrainState:
+        """ShapeDtypeStructs carrying the target shardings (Orbax restores into them)."""
+        abs_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=self.abstract_params,
+                               opt_state=self._abs_opt, ema=self.abstract_params,
+                               rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+                               skipped=jax.ShapeDtypeStruct((), jnp.int32))
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abs_state, self.state_shardings)
+
+    def init_state(self, model_params=None) -> TrainState:
+        """Fresh state; ``model_params`` (e.g. the previous stage's, LoRA merged) replace the
+        random init."""
+        from starcaster_jax.training.state import load_pretrained
+        if model_params is None:
+            model_params = load_pretrained(self.mdef, self.mdef.init_params())
+        params = {"model": model_params}
+        if self.lora:
+            params["lora"] = lora_lib.init_lora(model_params, self.lora["targets"],
+                                                int(self.lora["rank"]),
+                                                jax.random.key(self.config.seed + 1))
+
+        def build(params):
+            return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              opt_state=self.tx.init(params), ema=params,
+                              rng=make_rng(self.config.seed), skipped=jnp.zeros((), jnp.int32))
+
+        with jax.set_mesh(self.mesh):
+            return jax.jit(build, out_shardings=self.state_shardings)(params)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def loss_fn(self, kind: str):
+        lc, sf = self.lc, self.sf
+        if kind == "video":
+            return functools.partial(L.video_loss, lc=lc)
+        if kind == "video_sf":
+            return functools.partial(self_forcing_loss, lc=lc, sf=sf)
+        if kind == "multiview":
+            return functools.partial(L.multiview_loss, lc=lc)
+        raise ValueError(f"unknown step kind {kind!r}")
+
+    def model_from(self, params):
+        """Trainable tree -> the STARCaster module (LoRA merged)."""
+        return self.mdef.module(lora_lib.merge(params["model"], params.get("lora"), self.lora_scale))
+
+    def _step_fn(self, kind: str):
+        loss_fn = self.loss_fn(kind)
+        decay = float(self.config.optim.ema_decay)
+        mask = self.mask
+
+        def step(state: TrainState, frozen_states, batch):
+            rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+            def objective(params):
+                nets = frozen_lib.merge_frozen(self.frozen_graphdefs, frozen_states)
+                return loss_fn(self.model_from(params), nets, batch, rng)
+
+            (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+            # frozen leaves: constant zeros, so XLA drops their weight gradients entirely
+            grads = jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grads, mask)
+            gnorm = optax.global_norm(grads)
+            ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+            updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            ema = optim.ema_update(state.ema, params, decay, state.step)
+
+            def keep(new, old):
+                return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+            new = TrainState(step=state.step + 1, params=keep(params, state.params),
+                             opt_state=keep(opt_state, state.opt_state), ema=keep(ema, state.ema),
+                             rng=state.rng, skipped=state.skipped + (~ok).astype(jnp.int32))
+            metrics = dict(metrics, grad_norm=gnorm, lr=self.lr(state.step),
+                           update_skipped=(~ok).astype(jnp.float32))
+            return new, metrics
+
+        return step
+
+    def compiled(self, kind: str, batch):
+        if kind in self._compiled_aot:
+            return self._compiled_aot[kind]
+        if kind not in self._steps:
+            batch_sh = {k: shd.batch_sharding(self.mesh, np.ndim(v)) for k, v in batch.items()}
+            self._steps[kind] = jax.jit(
+                self._step_fn(kind),
+                in_shardings=(self.state_shardings, replicated(self.mesh), batch_sh),
+                out_shardings=(self.state_shardings, replicated(self.mesh)),
+                donate_argnums=(0,))
+        return self._steps[kind]
+
+    def kind_for(self, batch, step: int) -> str:
+        """Which compiled step a batch goes to; deterministic in (seed, step) so resumes replay."""
+        stream = STREAM_NAMES[int(np.asarray(batch["stream"]).reshape(-1)[0])]
+        if stream == "video" and self.sf.enabled:
+            u = np.random.default_rng([int(self.config.seed), int(step), 7]).random()
+            if u < self.sf.probability:
+                return "video_sf"
+        return stream
+
+    def step(self, state: TrainState, batch, kind: str):
+        """``batch``: global jax arrays (``global_batch``); ``kind`` from ``kind_for``."""
+        with jax.set_mesh(self.mesh):
+            return self.compiled(kind, batch)(state, self.frozen_states, batch)
+
+    def global_batch(self, batch) -> dict:
+        """Per-process numpy batch -> global arrays over ``data x fsdp`` (the keys steps read)."""
+        from data_pipelines.pipeline import to_global_batch
+        batch = {k: v for k, v in batch.items() if k in BATCH_KEYS}
+        sh = {k: shd.batch_sharding(self.mesh, np.ndim(v)) for k, v in batch.items()}
+        return to_global_batch(batch, sh)
+
+    def precompile(self, batches: dict) -> None:
+        """AOT-compile the steps for ``{kind: global batch}`` concurrently (XLA compiles release
+        the GIL; on a 2-core machine this halves start-up when several streams are mixed)."""
+        import concurrent.futures as cf
+        todo = {k: b for k, b in batches.items() if k not in self._compiled_aot}
+
+        def one(kind):
+            b = todo[kind]
+            with jax.set_mesh(self.mesh):
+                fn = self.compiled(kind, b)
+                return kind, fn.lower(self.abstract_state(), self.frozen_states, b).compile()
+
+        with cf.ThreadPoolExecutor(max_workers=max(1, min(len(todo), 4))) as ex:
+            for kind, exe in ex.map(one, list(todo)):
+                self._compiled_aot[kind] = exe
+
+    def window_frames(self) -> int:
+        return self.sf.window_frames(self.lc.context_frames, self.lc.num_frames)
+
+
+def _with_groups(config, groups):
+    class _C:  # a view of the config with the resolved param groups
+        optim = _Optim(config.optim, groups)
+        schedule = config.schedule
+    return _C
+
+
+class _Optim:
+    def __init__(self, base, groups):
+        self._base = base
+        self.param_groups = groups
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
