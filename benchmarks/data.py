@@ -1,9 +1,13 @@
 """Data benchmarks -> a markdown table on stdout.
 
-    python benchmarks/data.py [--skip-build] [--workers 2] [--out DIR]
+    python benchmarks/data.py [--skip-build] [--workers 2] [--out DIR] [--batches 40]
 
 Rows: render throughput at 64x64 (with and without 2x2 supersampling), speech synthesis,
-record encode/decode, and the wall time of building the demo corpus. Throughput is given
+record encode/decode, the wall time of building the demo corpus, the Grain training
+pipeline (``make_train_iterator``: batches/s and examples/s for the video stream alone and
+the 0.7/0.3 video/multi-view mixture, at the tiny and small training batch shapes, on the
+``tiny`` preset corpus rendered at those resolutions, in-process: ``num_workers=0``), and
+real-video ingestion (frames/s of 640x480 30 fps H.264 -> 256 px clips). Throughput is given
 per wall second and per CPU second of this process: the machines we share are often busy,
 and CPU seconds are what a quiet machine's wall seconds would be.
 """
@@ -79,11 +83,80 @@ def bench_build(out: str, workers: int):
     return wall, n, size, builder.frames_written
 
 
+# Batch shapes of configs/common.py's tiny and small presets. The tiny corpus has 4 views
+# per multi-view set, so the small preset's 8 views become 4 here.
+PIPELINE_SHAPES = {
+    "tiny": dict(resolution=32, num_frames=4, context_frames=1, batch_size=2, num_views=4),
+    "small": dict(resolution=256, num_frames=8, context_frames=2, batch_size=8, num_views=4),
+}
+
+
+def bench_pipeline(root: str, shape: str, mixture: dict, n_batches: int):
+    """-> (batches/s, batches/CPU-s, examples/s, first-batch seconds) of make_train_iterator."""
+    from data_pipelines.pipeline import make_train_iterator
+
+    d = dict(PIPELINE_SHAPES[shape], mixture=mixture, root=root, audio_window=2, seed=0,
+             num_workers=0)
+    w = time.perf_counter()
+    it = make_train_iterator(d, process_index=0, process_count=1)
+    next(it)
+    first = time.perf_counter() - w
+    for _ in range(3):
+        next(it)
+    w, c = time.perf_counter(), time.process_time()
+    n_ex = 0
+    for _ in range(n_batches):
+        n_ex += next(it)["frames"].shape[0]
+    wall, cpu = time.perf_counter() - w, time.process_time() - c
+    it.close()
+    return n_batches / wall, n_batches / cpu, n_ex / wall, first
+
+
+def build_tiny(out: str, resolution: int) -> str:
+    """The ``tiny`` preset corpus (as ``python -m data_pipelines.synthetic.build --preset tiny
+    --resolution R``) -> its TFDS dataset directory."""
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    return str(tfds_builder.build(out, tfds_builder.make_config("tiny", resolution)).data_dir)
+
+
+def bench_ingest(tmp: str, seconds: float = 4.0):
+    """Ingest one 640x480 30 fps talking video (ingest/testdata.py's drawn face, swaying;
+    stereo AAC) -> (25 fps output frames per wall second, per CPU second, frames)."""
+    import json
+
+    from data_pipelines.ingest import testdata, videos
+
+    src, out = os.path.join(tmp, "ingest_src"), os.path.join(tmp, "ingest_out")
+    os.makedirs(src, exist_ok=True)
+
+    def frame(j):
+        img = np.full((480, 640, 3), 90, np.uint8)
+        testdata.draw_face(img, 320 + 30 * np.sin(j / 15), 240, 200, mouth=(j % 12) / 11)
+        return img
+
+    def audio(n, sr):
+        t = np.arange(n) / sr
+        return np.stack([0.3 * np.sin(2 * np.pi * 220 * t)] * 2).astype(np.float32)
+
+    testdata.write_video(os.path.join(src, "talk.mp4"), frame, int(seconds * 30), 30,
+                         audio_fn=audio, crf=18)
+    wall, cpu = time.perf_counter(), time.process_time()
+    rc = videos.main(["--src", src, "--out", out, "--clip_frames", "25", "--quiet"])
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    frames = json.load(open(os.path.join(out, "ingest_report.json")))["counts"]["records"] * 25
+    if rc != 0 or frames == 0:
+        raise RuntimeError(f"ingestion benchmark: nothing ingested (rc {rc}); see {out}")
+    return frames / wall, frames / cpu, frames
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-build", action="store_true", help="skip the demo corpus build")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=None, help="where to build the demo corpus (default: tmp)")
+    ap.add_argument("--batches", type=int, default=40, help="batches timed per pipeline row")
     args = ap.parse_args()
 
     rows = []
@@ -104,7 +177,28 @@ def main():
                      f"{n_rec} records, {frames} frames, {size / 2**20:.0f} MiB"))
         if args.out is None:
             shutil.rmtree(tmp, ignore_errors=True)
-    # Pipeline batches/s (Grain, tiny/small training batch shapes): added by the pipeline work.
+    tmp = tempfile.mkdtemp(prefix="starcaster_bench_")
+    try:
+        for shape, cfg in PIPELINE_SHAPES.items():
+            w = time.perf_counter()
+            root = build_tiny(os.path.join(tmp, f"tiny{cfg['resolution']}"), cfg["resolution"])
+            built = time.perf_counter() - w
+            t = cfg["num_frames"] + cfg["context_frames"]
+            for name, mix in (("video", {"video": 1.0}),
+                              ("mixture 0.7/0.3", {"video": 0.7, "multiview": 0.3})):
+                bw, bc, ew, first = bench_pipeline(root, shape, mix, args.batches)
+                views = f", V={cfg['num_views']}" if len(mix) > 1 else ""
+                rows.append((f"pipeline {name}, {shape} shapes (B={cfg['batch_size']}, T={t}"
+                             f"{views}, {cfg['resolution']} px)",
+                             f"{bw:.1f} batches/s, {ew:.0f} examples/s",
+                             f"{bc:.1f} batches/CPU-s; first batch {first:.2f} s"
+                             + (f"; tiny corpus built in {built:.1f} s" if len(mix) == 1 else "")))
+        fw, fc, n = bench_ingest(tmp)
+        rows.append(("ingest videos: 640x480 30 fps H.264+AAC -> 256 px, 25 fps",
+                     f"{fw:.0f} frames/s",
+                     f"{fc:.0f} frames/CPU-s ({n} frames; Haar detection on 480 px grey)"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     print("| benchmark | wall | notes |\n|---|---|---|")
     for r in rows:

@@ -5,6 +5,7 @@ A config reads like a table in the paper: ``model``, ``diffusion``, ``data``, ``
 ``base_config(variant)`` and change what their stage changes.
 
 Variants:
+- ``micro`` : unit tests of the training system (smallest graph that has every part: compiles fastest).
 - ``tiny``  : CPU tests, seconds per step (32x32 frames, f=4 VAE -> 8x8x4 latents).
 - ``demo``  : the ``make demo`` model (64x64 frames, f=4 VAE -> 16x16x4 latents), minutes on 2 cores.
 - ``small`` : the benchmark size (blocks 64/128/256/256, context 256, 32x32x4 latents, 8 frames).
@@ -15,9 +16,12 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
-VARIANTS = ("tiny", "demo", "small", "paper")
+VARIANTS = ("micro", "tiny", "demo", "small", "paper")
 
 _UNET = {
+    "micro": dict(block_out_channels=(16, 32), cross_attn_blocks=(False, True), layers_per_block=1,
+                  num_attention_heads=2, cross_attention_dim=32, norm_num_groups=4,
+                  motion_num_attention_heads=2, motion_max_seq_length=32, audio_dim=32, view_dim=16),
     "tiny": dict(block_out_channels=(32, 64), cross_attn_blocks=(True, True), layers_per_block=1,
                  num_attention_heads=4, cross_attention_dim=64, norm_num_groups=8,
                  motion_num_attention_heads=4, motion_max_seq_length=32, audio_dim=64, view_dim=32),
@@ -34,6 +38,7 @@ _UNET = {
 
 # VAE (diffusers AutoencoderKL fields); paper = SD-1.5's VAE.
 _VAE = {
+    "micro": dict(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4),
     "tiny": dict(block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8),
     "demo": dict(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16),
     "small": dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, latent_channels=4, norm_num_groups=16),
@@ -41,6 +46,7 @@ _VAE = {
 }
 
 _DATA = {  # frames per chunk F, context frames K, image resolution
+    "micro": dict(resolution=16, num_frames=2, context_frames=1, batch_size=2, num_views=2),
     "tiny": dict(resolution=32, num_frames=4, context_frames=1, batch_size=2, num_views=4),
     "demo": dict(resolution=64, num_frames=8, context_frames=2, batch_size=4, num_views=4),
     "small": dict(resolution=256, num_frames=8, context_frames=2, batch_size=8, num_views=8),
@@ -48,6 +54,8 @@ _DATA = {  # frames per chunk F, context frames K, image resolution
 }
 
 _AUDIO = {  # encoder, window +-w frames, tokens per frame (fields of models/audio/encoder.py)
+    "micro": dict(encoder="builtin", builtin=dict(hidden_size=32, num_layers=1), num_tokens=2,
+                  window=2, proj_hidden=32),
     "tiny": dict(encoder="builtin", builtin=dict(hidden_size=64, num_layers=2), num_tokens=4,
                  window=2, proj_hidden=128),
     "demo": dict(encoder="builtin", builtin=dict(hidden_size=96, num_layers=3), num_tokens=4,
@@ -58,7 +66,7 @@ _AUDIO = {  # encoder, window +-w frames, tokens per frame (fields of models/aud
     "paper": dict(encoder="wav2vec2", wav2vec2=dict(), num_tokens=32, window=2, proj_hidden=512),
 }
 
-_ID_TOKENS = {"tiny": 2, "demo": 4, "small": 4, "paper": 4}
+_ID_TOKENS = {"micro": 1, "tiny": 2, "demo": 4, "small": 4, "paper": 4}
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:

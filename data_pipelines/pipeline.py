@@ -30,6 +30,11 @@ attribute or mapping access)::
     data.sources       optional {stream: spec} (see sources.open_source); default: ArrayRecord
                        shards named *<stream>* under data.root
     data.root, data.split ("train"), data.hflip (bool or probability), data.pose_mode
+    data.num_shards    logical data shards (default: one per process). Each shard is its own
+                       shuffled stream of batch/num_shards examples; a process reads its
+                       num_shards/process_count shards and concatenates them, so the GLOBAL
+                       batches are the same on 1 process and on N (and a job can resume on
+                       another number of hosts).
     data.num_workers   multiprocess prefetch workers (0 = in-process), data.read_threads (2),
     data.prefetch      per-stream read-ahead in batches
     model.audio.window (or data.audio_window)  +-w audio frames (default 2)
@@ -90,6 +95,7 @@ def _resolve(config_like: Any) -> dict[str, Any]:
         num_workers=int(_get(data, "num_workers", 0) or 0),
         read_threads=int(_get(data, "read_threads", 2) or 1),
         prefetch=int(_get(data, "prefetch", 2) or 0),
+        num_shards=int(_get(data, "num_shards", 0) or 0),
         audio_window=int(_get(audio, "window", _get(data, "audio_window", 2))),
         seed=int(_get(config_like, "seed", _get(data, "seed", 0)) or 0),
     )
@@ -169,13 +175,15 @@ def make_train_dataset(config_like: Any, *, process_index: int | None = None,
     pc = jax.process_count() if process_count is None else int(process_count)
     if not 0 <= pi < pc:
         raise ValueError(f"process_index {pi} not in [0, {pc})")
-    if cfg["batch_size"] % pc:
-        raise ValueError(f"global batch {cfg['batch_size']} not divisible by {pc} processes")
+    shards = int(cfg["num_shards"] or pc)
+    if shards % pc:
+        raise ValueError(f"data.num_shards={shards} must be a multiple of the {pc} processes")
+    if cfg["batch_size"] % shards:
+        raise ValueError(f"global batch {cfg['batch_size']} not divisible by {shards} data shards")
     bs = cfg["batch_size"] // pc
     specs = dict(cfg["sources"])
     specs.update(dict(sources or {}))
     srcs: dict[str, RecordSource] = {}
-    per_stream: dict[str, grain.IterDataset] = {}
     for name in cfg["mixture"]:
         spec = specs.get(name)
         if spec is None:
@@ -185,15 +193,28 @@ def make_train_dataset(config_like: Any, *, process_index: int | None = None,
                                  min_frames=need, resolution=cfg["resolution"])
         if isinstance(spec, RecordSource):  # caller-built source: enforce the window length
             srcs[name].min_frames = max(srcs[name].min_frames, need)
-        per_stream[name] = stream_dataset(srcs[name], name, cfg, process_index=pi,
-                                          process_count=pc, batch_size=bs)
-    if len(per_stream) == 1:
-        ds = next(iter(per_stream.values()))
-    else:
-        ds = grain.IterDataset.mix(per_stream, cfg["mixture"])
+
+    def shard_dataset(shard: int) -> grain.IterDataset:
+        per_stream = {name: stream_dataset(src, name, cfg, process_index=shard,
+                                           process_count=shards, batch_size=bs * pc // shards)
+                      for name, src in srcs.items()}
+        if len(per_stream) == 1:
+            return next(iter(per_stream.values()))
+        return grain.IterDataset.mix(per_stream, cfg["mixture"])
+
+    per = shards // pc
+    if per == 1:
+        ds = shard_dataset(pi)
+    else:  # several logical shards in this process: same global batches on any process count
+        ds = grain.experimental.ZipIterDataset([shard_dataset(pi * per + j) for j in range(per)])
+        ds = ds.map(_concat_batches)
     if cfg["num_workers"] > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg["num_workers"]))
     return ds, srcs, dict(cfg, per_process_batch=bs, process_index=pi, process_count=pc)
+
+
+def _concat_batches(parts):
+    return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
 
 def make_train_iterator(config_like: Any, *, process_index: int | None = None,

@@ -325,3 +325,17 @@ def test_builtin_corpus_tfds_builder(tmp_path):
     it2 = make_train_iterator(dict(c, root="", sources={"video": builder, "multiview": builder}),
                               process_index=0, process_count=1)
     _assert_same(take(it2, 3), take(make_train_iterator(c, process_index=0, process_count=1), 3))
+
+
+def test_logical_shards_give_the_same_global_batches_on_any_process_count(corpus):
+    """data.num_shards fixes the global data order: 1 process reading both shards yields the
+    concatenation of what 2 processes read (the 2-process == 1-process training test needs it)."""
+    c = cfg(corpus, batch_size=4, num_shards=2)
+    one = take(make_train_iterator(c, process_index=0, process_count=1), 6)
+    parts = [take(make_train_iterator(c, process_index=i, process_count=2), 6) for i in range(2)]
+    for g, a, b in zip(one, *parts):
+        assert len(set(g["stream"].tolist())) == 1            # still one stream per batch
+        for k in g:
+            np.testing.assert_array_equal(g[k], np.concatenate([a[k], b[k]]), err_msg=k)
+    with pytest.raises(ValueError, match="multiple of the 2 processes"):
+        make_train_iterator(cfg(corpus, batch_size=4, num_shards=3), process_index=0, process_count=2)

@@ -16,6 +16,7 @@ from typing import Any
 import grain
 import jax
 import ml_collections as mlc
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -87,6 +88,10 @@ def read_config(workdir: str, step: int | None = None) -> mlc.ConfigDict:
 def restore_params(workdir: str, config=None, *, use_ema: bool = True, step: int | None = None):
     """-> (merged model params (pure dict, LoRA folded in), config, step) of a training workdir,
     restored as host arrays without building an optimiser."""
+    return _restore(workdir, config, use_ema=use_ema, step=step)[:3]
+
+
+def _restore(workdir: str, config=None, *, use_ema: bool = True, step: int | None = None):
     from starcaster_jax.sharding import make_mesh
     from starcaster_jax.training.state import ModelDef, check_same_tree, lora_config
     if not os.path.isdir(checkpoint_dir(workdir)):
@@ -95,16 +100,15 @@ def restore_params(workdir: str, config=None, *, use_ema: bool = True, step: int
     config = saved_cfg if config is None else config
     mngr = ocp.CheckpointManager(checkpoint_dir(workdir))
     step = mngr.latest_step() if step is None else step
-    key = "ema" if use_ema else "params"
-    # Partial restore of one sub-tree: metadata gives the saved tree, we keep ``key`` only.
-    meta = mngr.item_metadata(step)["state"]
-    tree = meta.tree if hasattr(meta, "tree") else meta
-    sub = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[key])
-    target = {k: (sub if k == key else ocp.PLACEHOLDER) for k in tree}
-    out = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=target, restore_args=jax.tree.map(
-            lambda _: ocp.RestoreArgs(restore_type=None), target))))
     mngr.close()
+    key = "ema" if use_ema else "params"
+    # Partial restore of one sub-tree as host arrays: no optimiser state is read.
+    item_dir = os.path.join(checkpoint_dir(workdir), str(step), "state")
+    meta = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
+    target = {key: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta[key])}
+    out = {"state": ocp.PyTreeCheckpointer().restore(item_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                               target), partial_restore=True))}
     trainable = out["state"][key]
     mdef = ModelDef(config, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
     from starcaster_jax.training.state import normalize_keys
@@ -112,13 +116,10 @@ def restore_params(workdir: str, config=None, *, use_ema: bool = True, step: int
                  **({"lora": trainable["lora"]} if "lora" in trainable else {})}
     params = merged_model_params(trainable, config if lora_config(config) else saved_cfg)
     check_same_tree(mdef.abstract_params, params, f"{workdir} (step {step})")
-    return params, config, step
+    return params, config, step, mdef.graphdef
 
 
 def load_for_inference(path: str, *, use_ema: bool = True):
     """Training workdir -> (STARCaster with its EMA (or raw) weights, resolved config)."""
-    from starcaster_jax.models.starcaster import STARCaster
-    params, config, _ = restore_params(path, use_ema=use_ema)
-    abstract = nnx.eval_shape(lambda: STARCaster(config.model, rngs=nnx.Rngs(0)))
-    graphdef, _ = nnx.split(abstract)
+    params, config, _, graphdef = _restore(path, use_ema=use_ema)
     return nnx.merge(graphdef, params), config

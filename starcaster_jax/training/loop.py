@@ -101,6 +101,8 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
     steps_this_call = 0
     last_saved = step if ckpt.latest_step() == step else None
     summary = {"start_step": step}
+    # Test hook (pre-emption tests): sleep after every step so a kill lands between checkpoints.
+    delay = float(os.environ.get("STARCASTER_STEP_DELAY_S", "0") or 0)
 
     with _Preemption() as pre:
         while step < total:
@@ -108,7 +110,9 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
             kind = trainer.kind_for(batch, step)
             gb = trainer.global_batch(batch)
             if kind not in seen:                      # first batch of a stream: compile its steps
-                kinds = [kind] + (["video_sf"] if kind == "video" and trainer.sf.enabled else [])
+                kinds = [kind]
+                if kind.startswith("video") and trainer.sf.enabled:
+                    kinds = ["video", "video_sf"]
                 trainer.precompile({k: gb for k in kinds})
                 for k in kinds:
                     seen.add(k)
@@ -120,6 +124,8 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
             ex_log += int(np.asarray(batch["stream"]).shape[0]) * jax.process_count()
             n_log += 1
             writer.advance()
+            if delay:
+                time.sleep(delay)
 
             if step % log_every == 0 or step == total:
                 for k, m in jax.device_get(pending):

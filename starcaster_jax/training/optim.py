@@ -64,16 +64,21 @@ def param_labels(params, groups: Sequence[Sequence[Any]]) -> Any:
 
 
 def lr_schedule(base_lr: float, schedule_cfg) -> optax.Schedule:
-    total = int(schedule_cfg.total_steps)
-    warm = min(int(schedule_cfg.warmup_steps), max(total - 1, 0))
+    """Linear warm-up (from base_lr / warmup, so the first update is not a no-op) then cosine
+    decay to 10% or constant."""
+    total = max(int(schedule_cfg.total_steps), 1)
+    warm = min(int(schedule_cfg.warmup_steps), total - 1)
     decay = str(schedule_cfg.get("decay", "cosine"))
     if decay == "constant":
-        return optax.join_schedules(
-            [optax.linear_schedule(0.0, base_lr, max(warm, 1)), optax.constant_schedule(base_lr)], [warm])
-    if decay == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, base_lr, max(warm, 1), max(total, warm + 1),
-                                                  end_value=0.1 * base_lr)
-    raise ValueError(f"schedule.decay {decay!r}: expected 'cosine' or 'constant'")
+        main = optax.constant_schedule(base_lr)
+    elif decay == "cosine":
+        main = optax.cosine_decay_schedule(base_lr, max(total - warm, 1), alpha=0.1)
+    else:
+        raise ValueError(f"schedule.decay {decay!r}: expected 'cosine' or 'constant'")
+    if warm <= 0:
+        return main
+    ramp = optax.linear_schedule(base_lr / warm, base_lr, warm)
+    return optax.join_schedules([ramp, main], [warm])
 
 
 def make_optimizer(config, params) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -50,7 +50,9 @@ class ModelDef:
     def __init__(self, config, mesh):
         self.config = config
         self.mesh = mesh
-        ctor = lambda: STARCaster(config.model, rngs=nnx.Rngs(config.seed))  # noqa: E731
+        # rbg keys: same distributions, and XLA:CPU compiles the init ~2x faster than threefry
+        ctor = lambda: STARCaster(config.model, rngs=nnx.Rngs(  # noqa: E731
+            jax.random.key(config.seed, impl="rbg")))
         self._ctor = ctor
         abstract = nnx.eval_shape(ctor)
         self.graphdef, abs_params, rest = nnx.split(abstract, nnx.Param, ...)
