@@ -12,6 +12,7 @@ setup(
         "flax>=0.12.8",
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12",
+        "etils[epath]>=1.5",             # workdirs on local disk or gs:// (orbax uses it too)
         "grain>=0.2.18",
         "tensorflow-datasets>=4.9.10",
         "array-record>=0.8",

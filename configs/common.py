@@ -105,7 +105,10 @@ def base_config(variant: str) -> mlc.ConfigDict:
                                      encoder="builtin", encoder_checkpoint=""))
     m.audio = mlc.ConfigDict(dict(_AUDIO[variant], token_dim=_UNET[variant]["audio_dim"],
                                   layers=None, wav2vec2_path="", encoder_checkpoint=""))
-    m.attention_impl = None        # None/"xla"; "cudnn" for flash attention on GPUs
+    m.attention_impl = ""          # "" (einsum on CPU, XLA elsewhere) | "xla" | "cudnn" (GPU flash)
+    # Sequence-parallel temporal attention: frames sharded over this mesh axis inside the motion
+    # modules (K/V all-gathered in a shard_map), so long clips fit; "" = off.
+    m.sequence_parallel_axis = ""
     m.pretrained = mlc.ConfigDict(dict(sd_unet="", motion_adapter="", vae=""))
 
     d = c.diffusion = mlc.ConfigDict()

@@ -40,6 +40,7 @@ def micro(stage=stage1_motion, arg="micro", root="", **over):
     c.ckpt.update(every_steps=over.pop("every_steps", 4), async_save=True)
     c.log.every_steps = over.pop("log_every", 1)
     c.optim.lr = over.pop("lr", 1e-3)
+    c.mesh.update(data=1, fsdp=1, tensor=1)
     for k, v in over.items():
         c[k] = v
     return c
@@ -263,10 +264,10 @@ def test_kill9_after_checkpoint_resumes_bit_exact(corpus, tmp_path):
         b, _, sb = restore_params(str(killed), use_ema=ema)
         assert sa == sb == 6
         assert leaves_equal(a, b), f"params differ after resume (ema={ema})"
-    da = (straight / "checkpoints" / "6" / "data").read_bytes() if (straight / "checkpoints" / "6" / "data").is_file() else None
-    grain_state = lambda d: sorted((f.name, f.read_bytes()) for f in (d / "checkpoints" / "6" / "data").iterdir())  # noqa: E731
-    assert grain_state(straight) == grain_state(killed), "data iterator position differs"
-    del da
+    def grain_state(d):
+        return sorted((f.name, f.read_bytes()) for f in (d / "checkpoints" / "6" / "data").glob("*.json"))
+    assert grain_state(straight) and grain_state(straight) == grain_state(killed), \
+        "data iterator position differs"
 
 
 def test_stages_chain_and_lora_trains_only_adapters(corpus, tmp_path):
@@ -311,6 +312,9 @@ def test_sharded_step_equals_unsharded(corpus):
             state, m = tr.step(state, tr.global_batch(next(it)), "video")
         results.append((float(m["loss"]), jax.device_get(state.params)))
     (l1, p1), (l8, p8) = results
+    print(f"sharded vs unsharded loss rel err {abs(l1 - l8) / abs(l1):.2e}")
     np.testing.assert_allclose(l1, l8, rtol=1e-5)
+    # Adam divides by sqrt(v): where a gradient is ~0, reduction-order noise becomes a visible
+    # fraction of one update (lr = 1e-3), so compare params at a small fraction of lr.
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=0, atol=5e-5)

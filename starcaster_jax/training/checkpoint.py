@@ -25,8 +25,19 @@ from starcaster_jax.training.state import TrainState, merged_model_params
 log = logging.getLogger(__name__)
 
 
+def is_url(path: str) -> bool:
+    return "://" in str(path)
+
+
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    """``<workdir>/checkpoints``; local paths made absolute, ``gs://...`` kept as URLs."""
+    base = str(workdir) if is_url(workdir) else os.path.abspath(workdir)
+    return base.rstrip("/") + "/checkpoints"
+
+
+def _isdir(path: str) -> bool:
+    from etils import epath
+    return epath.Path(path).is_dir()
 
 
 class Checkpointer:
@@ -94,7 +105,7 @@ def restore_params(workdir: str, config=None, *, use_ema: bool = True, step: int
 def _restore(workdir: str, config=None, *, use_ema: bool = True, step: int | None = None):
     from starcaster_jax.sharding import make_mesh
     from starcaster_jax.training.state import ModelDef, check_same_tree, lora_config
-    if not os.path.isdir(checkpoint_dir(workdir)):
+    if not _isdir(checkpoint_dir(workdir)):
         raise FileNotFoundError(f"{workdir}: not a training workdir (no checkpoints/ inside)")
     saved_cfg = read_config(workdir, step)
     config = saved_cfg if config is None else config
@@ -103,7 +114,7 @@ def _restore(workdir: str, config=None, *, use_ema: bool = True, step: int | Non
     mngr.close()
     key = "ema" if use_ema else "params"
     # Partial restore of one sub-tree as host arrays: no optimiser state is read.
-    item_dir = os.path.join(checkpoint_dir(workdir), str(step), "state")
+    item_dir = f"{checkpoint_dir(workdir)}/{step}/state"
     meta = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
     target = {key: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta[key])}
     out = {"state": ocp.PyTreeCheckpointer().restore(item_dir, args=ocp.args.PyTreeRestore(

@@ -56,8 +56,15 @@ def data_config(config, trainer: Trainer) -> dict:
 
 
 def make_mesh(config):
+    """Mesh from ``config.mesh``; an explicit shape smaller than the (single-process) device
+    count uses the first devices (e.g. a 1-device run on a machine with 8)."""
     m = config.mesh
-    return shd.make_mesh({"data": int(m.data), "fsdp": int(m.fsdp), "tensor": int(m.tensor)})
+    shape = {"data": int(m.data), "fsdp": int(m.fsdp), "tensor": int(m.tensor)}
+    devices = jax.devices()
+    n = int(np.prod(list(shape.values())))
+    if -1 not in shape.values() and n < len(devices) and jax.process_count() == 1:
+        devices = devices[:n]
+    return shd.make_mesh(shape, devices=devices)
 
 
 def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
@@ -66,7 +73,8 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
     in this call, for tests of resumption). Returns a summary dict."""
     from data_pipelines.pipeline import make_train_iterator
 
-    os.makedirs(workdir, exist_ok=True)
+    from etils import epath
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)   # local path or gs://
     mesh = make_mesh(config)
     trainer = Trainer(config, mesh, frozen_nets=frozen_nets)
     data = make_train_iterator(data_config(config, trainer), sources=sources)
@@ -141,8 +149,12 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
                 writer.write(step, extra)
                 t_log, n_log, ex_log = time.perf_counter(), 0, 0
 
-            done = step >= total or pre.requested or (stop_after and steps_this_call >= stop_after)
-            timeout = max_wall and time.perf_counter() - t_start > max_wall
+            stop_now = pre.requested or bool(max_wall and time.perf_counter() - t_start > max_wall)
+            if jax.process_count() > 1:   # every host must stop at the same step boundary
+                from jax.experimental import multihost_utils
+                stop_now = bool(np.any(multihost_utils.process_allgather(np.array([stop_now]))))
+            done = step >= total or (stop_after and steps_this_call >= stop_after)
+            timeout = stop_now
             if step % ckpt_every == 0 or done or timeout:
                 ckpt.save(step, state, config, data, force=True)
                 last_saved = step

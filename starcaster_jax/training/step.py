@@ -41,6 +41,9 @@ class Trainer:
     def __init__(self, config, mesh, *, frozen_nets=None):
         self.config = config
         self.mesh = mesh
+        from starcaster_jax.models.attention import set_attention_implementation
+        set_attention_implementation(config.model.get("attention_impl", "") or None)
+        self.seq_axis = str(config.model.get("sequence_parallel_axis", "") or "")
         self.mdef = ModelDef(config, mesh)
         self.lc = L.LossConfig.from_config(config)
         self.sf = SelfForcingConfig.from_config(config)
@@ -127,7 +130,10 @@ class Trainer:
 
     def model_from(self, params):
         """Trainable tree -> the STARCaster module (LoRA merged)."""
-        return self.mdef.module(lora_lib.merge(params["model"], params.get("lora"), self.lora_scale))
+        model = self.mdef.module(lora_lib.merge(params["model"], params.get("lora"), self.lora_scale))
+        if self.seq_axis:
+            model.unet.temporal_attention_fn = shd.sequence_parallel_attention(self.mesh, self.seq_axis)
+        return model
 
     def _step_fn(self, kind: str):
         loss_fn = self.loss_fn(kind)
@@ -192,6 +198,10 @@ class Trainer:
         """Per-process numpy batch -> global arrays over ``data x fsdp`` (the keys steps read)."""
         from data_pipelines.pipeline import to_global_batch
         batch = {k: v for k, v in batch.items() if k in BATCH_KEYS}
+        n = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        rows = int(np.asarray(batch["stream"]).shape[0]) * jax.process_count()
+        if rows % n:
+            raise ValueError(f"data.batch_size={rows} is not divisible by mesh data x fsdp = {n}")
         sh = {k: shd.batch_sharding(self.mesh, np.ndim(v)) for k, v in batch.items()}
         return to_global_batch(batch, sh)
 
