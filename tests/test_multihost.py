@@ -50,6 +50,7 @@ def _losses(path):
         return [h["video/loss"] for h in json.load(f)["history"]]
 
 
+@pytest.mark.slow  # three processes compile the step: `make test-slow`
 def test_two_processes_match_one_process(corpus, tmp_path):
     one = tmp_path / "one.json"
     r = subprocess.run(_cmd(tmp_path / "w1", corpus, one), cwd=REPO, env=_env(8),

@@ -107,6 +107,7 @@ def test_ablations_change_what_they_say():
         stage2_audio.get_config("micro,ablation=nope")
 
 
+@pytest.mark.slow  # several full-step compiles: `make test-slow`
 @pytest.mark.parametrize("name", sorted(common.ABLATIONS))
 def test_every_ablation_builds_its_steps(name):
     """Each ablation builds a Trainer and traces (lowers) every step it can dispatch to."""
@@ -145,6 +146,7 @@ def fake_batch(tr, kind):
 # ---------------------------------------------------------------------------------------------
 # Self-forcing: no gradient reaches the rollout
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # several full-step compiles: `make test-slow`
 @pytest.mark.parametrize("mode", ["context_stopgrad", "last_step"])
 def test_self_forcing_gradient_does_not_leak_into_the_rollout(mode):
     from flax import nnx
@@ -197,13 +199,27 @@ def test_self_forcing_gradient_does_not_leak_into_the_rollout(mode):
 # The loop on the built-in corpus
 # ---------------------------------------------------------------------------------------------
 def test_loss_falls_on_the_builtin_corpus(corpus, tmp_path):
-    from starcaster_jax.training.loop import train
+    """Train 60 steps on the corpus; the loss of a fixed batch under fixed noise (8 draws of
+    noise/t/dropout) must fall by a margin measured at ~40% (asserted: 20%)."""
+    from data_pipelines.pipeline import make_train_iterator
+    from starcaster_jax.training.checkpoint import restore_params
+    from starcaster_jax.training.loop import data_config, train
+    from starcaster_jax.sharding import make_mesh
+    from starcaster_jax.training.step import Trainer
     c = micro(root=corpus, total_steps=60, every_steps=60, log_every=10, lr=2e-3)
+    c.train.p_drop_view = 0.0
     s = train(c, str(tmp_path / "wd"))
-    losses = [h["video/loss"] for h in s["history"]]
-    print("micro stage-1 loss per 10 steps ->", " ".join(f"{x:.4f}" for x in losses))
     assert s["step"] == 60 and s["skipped"] == 0
-    assert np.mean(losses[-2:]) < 0.7 * losses[0], losses
+    tr = Trainer(c, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
+    cc = micro(root=corpus)
+    cc.seed = 123                                   # another draw of windows than training's
+    batch = tr.global_batch(next(make_train_iterator(data_config(cc, tr))))
+    init = {"model": tr.mdef.init_params()}
+    trained = {"model": restore_params(str(tmp_path / "wd"), use_ema=False)[0]}
+    before = tr.eval_loss(init, batch, seeds=range(8))
+    after = tr.eval_loss(trained, batch, seeds=range(8))
+    print(f"micro stage-1 fixed-batch loss -> {before:.4f} -> {after:.4f} after 60 steps")
+    assert after < 0.8 * before, (before, after)
 
 
 def test_nan_batch_update_is_skipped_and_counted(corpus):
@@ -270,6 +286,7 @@ def test_kill9_after_checkpoint_resumes_bit_exact(corpus, tmp_path):
         "data iterator position differs"
 
 
+@pytest.mark.slow  # several full-step compiles: `make test-slow`
 def test_stages_chain_and_lora_trains_only_adapters(corpus, tmp_path):
     from starcaster_jax.training.checkpoint import restore_params
     from starcaster_jax.training.loop import train
@@ -296,6 +313,7 @@ def test_stages_chain_and_lora_trains_only_adapters(corpus, tmp_path):
     assert all(allowed.search(k) for k in changed), [k for k in changed if not allowed.search(k)][:3]
 
 
+@pytest.mark.slow  # several full-step compiles: `make test-slow`
 def test_sharded_step_equals_unsharded(corpus):
     from data_pipelines.pipeline import make_train_iterator
     from starcaster_jax.sharding import make_mesh

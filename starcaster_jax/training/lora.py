@@ -71,8 +71,10 @@ def merge(model_params, lora: dict | None, scale: float = 1.0):
         if isinstance(l, dict) and set(l) == {"a", "b"}:
             return (p + scale * (l["a"] @ l["b"]).astype(p.dtype)).astype(p.dtype)
         out = dict(p)
+        by_str = {str(k): k for k in p}   # restored checkpoints spell list indices as "0"
         for k, sub in l.items():
-            out[k] = visit(p[k], sub)
+            key = k if k in p else by_str[str(k)]
+            out[key] = visit(p[key], sub)
         return out
 
     return visit(model_params, lora)

@@ -73,13 +73,12 @@ class Trainer:
         self.tx, self.lr = optim.make_optimizer(_with_groups(config, groups), abstract_params)
         self.mask = optim.trainable_mask(abstract_params, groups)
         abs_opt = jax.eval_shape(self.tx.init, abstract_params)
-        opt_sh = optax.tree_map_params(self.tx, lambda _, s: s, abs_opt, params_sh,
-                                       transform_non_params=lambda _: replicated(mesh),
-                                       is_leaf=lambda x: isinstance(x, NamedSharding))
-        # tree_map_params keeps non-param leaves' abstract values where transform_non_params
-        # is not applied to sub-trees: make every leaf a sharding.
-        opt_sh = jax.tree.map(lambda s: s if isinstance(s, NamedSharding) else replicated(mesh),
-                              opt_sh, is_leaf=lambda x: isinstance(x, NamedSharding))
+        # Optimiser-state shardings: let XLA propagate the params' shardings through tx.init
+        # (Adam moments follow their params; counts and masked-out leaves are replicated).
+        abs_params_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                     abstract_params, params_sh)
+        with jax.set_mesh(mesh):
+            opt_sh = jax.jit(self.tx.init).lower(abs_params_sh).compile().output_shardings
         rep = replicated(mesh)
         self.state_shardings = TrainState(step=rep, params=params_sh, opt_state=opt_sh,
                                           ema=params_sh, rng=rep, skipped=rep)
@@ -88,6 +87,21 @@ class Trainer:
         self._compiled_aot: dict[str, object] = {}
 
     # -- state ---------------------------------------------------------------------------------
+    def eval_loss(self, params, batch, seeds=(0, 1, 2, 3), kind: str = "video"):
+        """Mean loss of ``params`` on ``batch`` over fixed rngs (noise, t, dropout): a
+        low-variance number to compare checkpoints with."""
+        if ("eval", kind) not in self._steps:
+            loss_fn = self.loss_fn(kind)
+
+            def ev(params, frozen_states, batch):
+                nets = frozen_lib.merge_frozen(self.frozen_graphdefs, frozen_states)
+                model = self.model_from(params)
+                return jnp.mean(jnp.stack([loss_fn(model, nets, batch, jax.random.key(s))[0]
+                                           for s in seeds]))
+            self._steps[("eval", kind)] = jax.jit(ev)
+        with jax.set_mesh(self.mesh):
+            return float(self._steps[("eval", kind)](params, self.frozen_states, batch))
+
     def abstract_state(self) -> TrainState:
         """ShapeDtypeStructs carrying the target shardings (Orbax restores into them)."""
         abs_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=self.abstract_params,
