@@ -36,7 +36,7 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -70,12 +70,12 @@ def schedules(scale: float = 1.0) -> dict[str, Schedule]:
         # reached a higher test PSNR than whole 64x64 frames (17.3 vs 16.9 dB after 300 steps).
         # The VAE converges slowly (test PSNR 17 / 19 / 22 dB after 300 / 500 / 1000 steps) and
         # gets the largest share of the budget; --steps vae=N trades time for sharpness.
-        "vae": Schedule(s(350), 8, 2e-3, 0, window=32),
+        "vae": Schedule(s(300), 8, 2e-3, 0, window=32),
         "audio": Schedule(s(150), 8, 1e-3, 1, window=32),
-        "identity_cond": Schedule(s(150), 32, 3e-3, 2),
-        "identity_eval": Schedule(s(150), 32, 3e-3, 3),
-        "lip_loss": Schedule(s(130), 8, 2e-3, 4, window=16),
-        "lip_eval": Schedule(s(130), 8, 2e-3, 5, window=16),
+        "identity_cond": Schedule(s(140), 32, 3e-3, 2),
+        "identity_eval": Schedule(s(140), 32, 3e-3, 3),
+        "lip_loss": Schedule(s(120), 8, 2e-3, 4, window=16),
+        "lip_eval": Schedule(s(120), 8, 2e-3, 5, window=16),
     }
 
 
@@ -212,8 +212,6 @@ def _pad_take(a: np.ndarray, start: int, length: int, fill) -> np.ndarray:
 def _chance(labels: np.ndarray) -> float:
     labels = labels[labels >= 0]
     return float(np.bincount(labels).max() / max(len(labels), 1))
-
-
 
 
 # ----------------------------------------------------------------------------- machinery

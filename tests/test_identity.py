@@ -3,7 +3,6 @@
 verification metrics and the one-line errors on bad inputs."""
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -499,3 +498,21 @@ def test_verification_metrics_extremes():
     assert few["tar@far=0.01"] is None
     with pytest.raises(ValueError, match="emb"):
         verification_metrics(perfect, labels[:3])
+
+
+def test_verification_metrics_groups_exclude_same_clip_pairs():
+    """Frames of one clip are near-duplicates: with ``groups`` they neither count as genuine
+    pairs nor as rank-1 neighbours, so an embedding that only recognises the clip scores chance."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(8), 6)                 # 8 identities x (3 clips x 2 frames)
+    groups = np.repeat(np.arange(24), 2)
+    clip_emb = rng.normal(size=(24, 32))
+    emb = clip_emb[groups] + 1e-3 * rng.normal(size=(48, 32))   # identifies the clip, not the person
+    plain = verification_metrics(emb, labels)
+    grouped = verification_metrics(emb, labels, groups=groups)
+    assert plain["rank1"] == 1.0
+    assert grouped["rank1"] < 0.5 and grouped["rank1_chance"] == pytest.approx(4 / 46)
+    assert grouped["num_genuine"] == 8 * (6 * 5 // 2 - 3)      # cross-clip pairs only
+    assert grouped["tar@far=0.01"] < 0.3
+    with pytest.raises(ValueError, match="groups"):
+        verification_metrics(emb, labels, groups=groups[:5])
