@@ -19,7 +19,7 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" -n $(JOBS) --dist loadfile tests
+	$(PY) -m pytest -q -m "not slow" -n $(JOBS) --dist loadfile --durations=15 tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow" tests

@@ -23,6 +23,7 @@ setup(
         "tqdm>=4.66",
         "safetensors>=0.4",
         "tensorboardX>=2.6",
+        "dm-pix>=0.4",                   # PSNR / SSIM in evaluation/
     ],
     extras_require={
         # Test runner; the parity oracles live in the `torch` extra.
@@ -45,6 +46,8 @@ setup(
         "console_scripts": [
             "starcaster-generate=launch.generate:run",
             "starcaster-train=launch.train:run",
+            "starcaster-export=launch.export:run",
+            "starcaster-serve=starcaster_jax.inference.serve:run",
         ],
     },
 )

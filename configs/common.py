@@ -165,7 +165,7 @@ def base_config(variant: str) -> mlc.ConfigDict:
     c.ckpt = mlc.ConfigDict(dict(every_steps=200, keep=3, async_save=True))
     c.eval = mlc.ConfigDict(dict(every_steps=0, sample_every_steps=0, num_samples=1))
     c.log = mlc.ConfigDict(dict(every_steps=10, progress=True))
-    c.max_wall_minutes = 0.0       # stop (with a checkpoint) after this long; 0 = no limit
+    c.max_wall_minutes = 0.0       # stop (with a checkpoint) after this long, compilation excluded; 0 = no limit
     c.init_from = ""
     return c
 

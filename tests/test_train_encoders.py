@@ -87,7 +87,9 @@ def test_six_encoders_saved_and_reloaded_identically(trained):
     s = results["vae"].metrics["scaling_factor"]
     assert vae.config.scaling_factor == pytest.approx(s) and s != 1.0 and np.isfinite(s)
     z_unscaled = nnx.jit(lambda m, x: m.encode(x).mode())(vae, frames[:, 0])
-    np.testing.assert_allclose(_outputs_vae(vae, frames)[0][:, 0], z_unscaled * s, rtol=1e-5, atol=1e-6)
+    # encode_video is a different XLA program (5-D reshapes, fused scale): f32 round-off of
+    # O(1) latents is ~1e-6 absolute, so the tolerance sits above it
+    np.testing.assert_allclose(_outputs_vae(vae, frames)[0][:, 0], z_unscaled * s, rtol=1e-5, atol=1e-5)
     # identity embeddings are unit vectors of size 512; the two identity encoders differ
     e = nnx.jit(be.identity_embedding)(results["identity_cond"].model, frames[:, 0])
     assert e.shape == (2, 512)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import os
 from typing import Callable, Iterator, Optional
 
@@ -47,7 +46,11 @@ from flax import nnx
 from starcaster_jax.diffusion.guidance import guided_model_fn
 from starcaster_jax.diffusion.samplers import SAMPLERS, sample
 from starcaster_jax.diffusion.schedules import make_schedule
+from starcaster_jax.inference import chunking
 from starcaster_jax.inference import views as views_lib
+from starcaster_jax.inference.chunking import (FPS, MIN_AUDIO_SECONDS, SAMPLE_RATE, SAMPLES_PER_FRAME, Chunk,
+                                               GenerationError, check_speech, chunk_audio, normalize_embedding,
+                                               num_output_frames, plan_chunks)
 from starcaster_jax.models.audio.alignment import features_to_frames, frame_windows, select_layers
 
 __all__ = ["FPS", "SAMPLE_RATE", "SAMPLES_PER_FRAME", "MIN_AUDIO_SECONDS", "GenerationError",
@@ -56,84 +59,7 @@ __all__ = ["FPS", "SAMPLE_RATE", "SAMPLES_PER_FRAME", "MIN_AUDIO_SECONDS", "Gene
            "to_uint8", "load_speech", "reference_crop", "load_embedding", "normalize_embedding",
            "load_parts", "Parts", "config_mismatch", "random_module", "random_parts"]
 
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS   # 640
-MIN_AUDIO_SECONDS = 0.2                  # shorter clips are almost surely a mistake
-SILENCE_PEAK = 1e-3                      # -60 dBFS: below this the clip carries no speech
-
-
-class GenerationError(ValueError):
-    """A problem with the user's inputs; the message is one line naming it."""
-
-
-# ----------------------------------------------------------------------------- planning
-
-@dataclasses.dataclass(frozen=True)
-class Chunk:
-    """One window of ``slots`` consecutive output frames starting at output frame ``slot0``
-    (negative for the reference-image context of the first animate chunk)."""
-    index: int
-    slot0: int
-    num_context: int   # leading slots that are clean context (t = 0)
-    num_new: int       # slots after the context that are written out (the rest is padding)
-
-    @property
-    def first_new(self) -> int:
-        return self.slot0 + self.num_context
-
-
-def num_output_frames(num_samples: int) -> int:
-    """``ceil(seconds * 25)`` video frames for ``num_samples`` at 16 kHz."""
-    return max(1, -(-int(num_samples) // SAMPLES_PER_FRAME))
-
-
-def plan_chunks(num_frames: int, slots: int, context: int, *, animate: bool) -> list[Chunk]:
-    """Chunks covering output frames ``[0, num_frames)`` (module docstring layout)."""
-    if slots <= context:
-        raise ValueError(f"chunk of {slots} slots cannot hold {context} context frames and new ones")
-    new = slots - context
-    out, start = [], 0
-    if not animate:  # first chunk: no context, every slot is output
-        out.append(Chunk(0, 0, 0, min(slots, num_frames)))
-        start = slots
-    elif context == 0:
-        raise ValueError("animate mode needs context frames (data.context_frames >= 1)")
-    while start < num_frames:
-        out.append(Chunk(len(out), start - context, context, min(new, num_frames - start)))
-        start += new
-    return out
-
-
 # ----------------------------------------------------------------------------- audio
-
-def check_speech(audio: np.ndarray, source: str = "audio") -> np.ndarray:
-    """float32 mono ``[S]`` at 16 kHz, at least ``MIN_AUDIO_SECONDS`` long and not silent."""
-    a = np.asarray(audio, np.float32).reshape(-1)
-    seconds = a.size / SAMPLE_RATE
-    if seconds < MIN_AUDIO_SECONDS:
-        raise GenerationError(f"{source}: too short ({seconds:.2f} s); at least {MIN_AUDIO_SECONDS} s "
-                              f"of speech is needed")
-    if not np.all(np.isfinite(a)):
-        raise GenerationError(f"{source}: audio contains NaN or Inf samples")
-    peak = float(np.max(np.abs(a)))
-    if peak < SILENCE_PEAK:
-        level = "-inf" if peak == 0 else f"{20 * math.log10(peak):.0f}"
-        raise GenerationError(f"{source}: audio is silent (peak level {level} dBFS); give speech")
-    return a
-
-
-def chunk_audio(audio: np.ndarray, slot0: int, slots: int, window: int) -> np.ndarray:
-    """Samples ``[(slot0-w)*640, (slot0+slots+w)*640)`` of ``audio``, zero outside it.
-    -> ``[(slots + 2w) * 640]`` (the ``transforms.audio_window`` layout)."""
-    s = SAMPLES_PER_FRAME
-    out = np.zeros(((slots + 2 * window) * s,), np.float32)
-    lo, hi = (slot0 - window) * s, (slot0 + slots + window) * s
-    a, b = max(lo, 0), min(hi, audio.shape[0])
-    if b > a:
-        out[a - lo:b - lo] = audio[a:b]
-    return out
-
 
 def chunk_audio_windows(encoder, audio: jax.Array, num_frames: int, window: int, layers=None) -> jax.Array:
     """``audio [B, (F + 2w) * 640]`` (F frames with w frames of audio context each side) ->
@@ -194,7 +120,7 @@ def reference_crop(image: np.ndarray, resolution: int, *, face_check: str = "aut
         raise ValueError(f"face_check: expected auto|on|off, got {face_check!r}")
     img = np.asarray(image)
     if face_check == "off" or (face_check == "auto" and max(img.shape[:2]) <= resolution):
-        return _resize_square(img, min(img.shape[:2]))
+        return chunking.resize_square(img, min(img.shape[:2]))
     from starcaster_jax.models.identity.faces import crop_box, detect_faces
     boxes = detect_faces(img)
     if not len(boxes):
@@ -246,18 +172,6 @@ class SamplingSettings:
 def to_uint8(x: jax.Array) -> jax.Array:
     """Frames in [-1, 1] -> uint8 [0, 255]."""
     return jnp.round((jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
-
-
-def _resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Centre square crop, resized to ``size`` (uint8 [H, W, 3] -> [size, size, 3])."""
-    import cv2
-    h, w = image.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
-    crop = np.ascontiguousarray(image[y0:y0 + s, x0:x0 + s])
-    if s == size:
-        return crop
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_LINEAR)
 
 
 # ----------------------------------------------------------------------------- generator
@@ -375,10 +289,7 @@ class Generator:
     # -- inputs
     def prepare_image(self, image: np.ndarray) -> np.ndarray:
         """uint8 ``[H, W, 3]`` -> float32 ``[R, R, 3]`` in [-1, 1] (centre crop + resize)."""
-        img = np.asarray(image)
-        if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
-            raise GenerationError(f"reference image: expected uint8 [H, W, 3], got {img.dtype} {img.shape}")
-        return _resize_square(img, self.resolution).astype(np.float32) / 127.5 - 1.0
+        return chunking.prepare_image(image, self.resolution)
 
     def identity_from_image(self, image: np.ndarray) -> np.ndarray:
         """512-d L2-normalised identity embedding of a (face) image, via ``identity_fn``."""
@@ -396,28 +307,8 @@ class Generator:
     def decode(self, latents: jax.Array) -> np.ndarray:
         """Latents ``[1, n, h, w, c]`` -> uint8 frames ``[n, H, W, 3]``, in groups of ``F`` (one
         compiled shape whatever ``n``)."""
-        group = self.chunk_frames - self.context_frames
-        n = latents.shape[1]
-        out = []
-        for i in range(0, n, group):
-            part = latents[:, i:i + group]
-            m = part.shape[1]
-            if m < group:  # pad the last group with its last frame; dropped below
-                part = jnp.concatenate([part, jnp.repeat(part[:, -1:], group - m, axis=1)], axis=1)
-            out.append(np.asarray(self._decode_fn(self._states(), part))[:m])
-        return np.concatenate(out, axis=0)
-
-    def _slot_views(self, poses: np.ndarray, slot0: int, slots: int, animate: bool,
-                    view_reference: str) -> np.ndarray:
-        """Model view input ``[slots, 6]`` for the slots starting at output frame ``slot0``."""
-        idx = slot0 + np.arange(slots)
-        slot_poses = poses[np.clip(idx, 0, len(poses) - 1)].copy()
-        slot_poses[idx < 0] = views_lib.IDENTITY_POSE  # the reference image's own view
-        if view_reference == "chunk":
-            ref = slot_poses[0]
-        else:
-            ref = views_lib.IDENTITY_POSE if animate else poses[0]
-        return views_lib.relative_to(slot_poses, ref)
+        return chunking.decode_in_groups(lambda z: self._decode_fn(self._states(), jnp.asarray(z)), latents,
+                                         self.chunk_frames - self.context_frames)
 
     def _resolve_identity(self, reference, id_emb):
         if id_emb is not None:
@@ -459,10 +350,7 @@ class Generator:
         chunks = self.plan(audio.size, animate=animate)
         n = num_output_frames(audio.size)
         if poses is not None:
-            poses = np.asarray(poses, np.float32)
-            if poses.ndim != 2 or poses.shape[1] != 6 or not len(poses):
-                raise GenerationError(f"view trajectory: expected poses [N, 6], got shape {poses.shape}")
-            poses = views_lib.fit_length(poses, n)
+            poses = chunking.check_poses(poses, n)
         fn = self._chunk_fn(settings, self.chunk_frames, True, id_vec is not None)
         # inputs are checked above, now; the chunks are produced when iterated
         return self._chunks(fn, audio, chunks, reference, id_vec, poses, seed, latent_hook, view_reference)
@@ -488,7 +376,7 @@ class Generator:
             if poses is None:
                 view = no_view
             else:
-                view = jnp.asarray(self._slot_views(poses, ch.slot0, slots, animate, view_reference))[None]
+                view = jnp.asarray(chunking.slot_views(poses, ch.slot0, slots, animate, view_reference))[None]
             a = jnp.asarray(chunk_audio(audio, ch.slot0, slots, self.audio_window))[None]
             lat = fn(states, a, context, jnp.asarray(mask), view, drop_view, id_in,
                      jax.random.fold_in(base, ch.index))
@@ -522,21 +410,6 @@ class Generator:
         lat = fn(self._states(), None, context, jnp.asarray(mask), jnp.asarray(view)[None],
                  jnp.zeros((1,), bool), None if id_vec is None else jnp.asarray(id_vec)[None], jax.random.key(seed))
         return self.decode(lat[:, int(animate):])
-
-
-def normalize_embedding(emb, source: str = "identity embedding") -> np.ndarray:
-    """``[512]`` / ``[1, 512]`` finite, non-zero -> L2-normalised float32 ``[512]``."""
-    e = np.asarray(emb, np.float32)
-    if e.ndim == 2 and e.shape[0] == 1:
-        e = e[0]
-    if e.ndim != 1:
-        raise GenerationError(f"{source}: expected a vector [512], got shape {e.shape}")
-    if not np.all(np.isfinite(e)):
-        raise GenerationError(f"{source}: contains NaN or Inf")
-    norm = float(np.linalg.norm(e))
-    if norm == 0.0:
-        raise GenerationError(f"{source}: is all zeros")
-    return e / norm
 
 
 def load_embedding(path: str, dim: int = 512) -> np.ndarray:

@@ -107,6 +107,7 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
     t_start = time.perf_counter()
     t_log, n_log, ex_log = t_start, 0, 0
     steps_this_call = 0
+    compile_s = 0.0            # excluded from the max_wall_minutes budget
     last_saved = step if ckpt.latest_step() == step else None
     summary = {"start_step": step}
     # Test hook (pre-emption tests): sleep after every step so a kill lands between checkpoints.
@@ -121,7 +122,9 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
                 kinds = [kind]
                 if kind.startswith("video") and trainer.sf.enabled:
                     kinds = ["video", "video_sf"]
+                t_compile = time.perf_counter()
                 trainer.precompile({k: gb for k in kinds})
+                compile_s += time.perf_counter() - t_compile
                 for k in kinds:
                     seen.add(k)
                     flops[k] = step_flops(trainer.compiled(k, gb))
@@ -149,7 +152,7 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
                 writer.write(step, extra)
                 t_log, n_log, ex_log = time.perf_counter(), 0, 0
 
-            stop_now = pre.requested or bool(max_wall and time.perf_counter() - t_start > max_wall)
+            stop_now = pre.requested or bool(max_wall and time.perf_counter() - t_start - compile_s > max_wall)
             if jax.process_count() > 1:   # every host must stop at the same step boundary
                 from jax.experimental import multihost_utils
                 stop_now = bool(np.any(multihost_utils.process_allgather(np.array([stop_now]))))
@@ -167,6 +170,6 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
     writer.close()
     summary.update(step=step, skipped=int(jax.device_get(state.skipped)),
                    skipped_records=data.skipped, history=writer.history,
-                   preempted=pre.requested, wall_s=time.perf_counter() - t_start)
+                   preempted=pre.requested, wall_s=time.perf_counter() - t_start, compile_s=compile_s)
     data.close()
     return summary

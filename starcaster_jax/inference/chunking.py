@@ -1,0 +1,161 @@
+"""The NumPy side of generation, shared by :mod:`~starcaster_jax.inference.generate` (training
+checkpoints) and :mod:`~starcaster_jax.inference.serve` (exported artefacts): chunk planning,
+per-chunk audio and view inputs, input checks. No Flax here, so serving needs only JAX.
+
+The chunk layout is described in ``generate.py``'s module docstring.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+
+from starcaster_jax.inference import views as views_lib
+
+FPS = 25
+SAMPLE_RATE = 16000
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS   # 640
+MIN_AUDIO_SECONDS = 0.2                  # shorter clips are almost surely a mistake
+SILENCE_PEAK = 1e-3                      # -60 dBFS: below this the clip carries no speech
+
+
+class GenerationError(ValueError):
+    """A problem with the user's inputs; the message is one line naming it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """One window of ``slots`` consecutive output frames starting at output frame ``slot0``
+    (negative for the reference-image context of the first animate chunk)."""
+    index: int
+    slot0: int
+    num_context: int   # leading slots that are clean context (t = 0)
+    num_new: int       # slots after the context that are written out (the rest is padding)
+
+    @property
+    def first_new(self) -> int:
+        return self.slot0 + self.num_context
+
+
+def num_output_frames(num_samples: int) -> int:
+    """``ceil(seconds * 25)`` video frames for ``num_samples`` at 16 kHz."""
+    return max(1, -(-int(num_samples) // SAMPLES_PER_FRAME))
+
+
+def plan_chunks(num_frames: int, slots: int, context: int, *, animate: bool) -> list[Chunk]:
+    """Chunks covering output frames ``[0, num_frames)`` (module docstring layout)."""
+    if slots <= context:
+        raise ValueError(f"chunk of {slots} slots cannot hold {context} context frames and new ones")
+    new = slots - context
+    out, start = [], 0
+    if not animate:  # first chunk: no context, every slot is output
+        out.append(Chunk(0, 0, 0, min(slots, num_frames)))
+        start = slots
+    elif context == 0:
+        raise ValueError("animate mode needs context frames (data.context_frames >= 1)")
+    while start < num_frames:
+        out.append(Chunk(len(out), start - context, context, min(new, num_frames - start)))
+        start += new
+    return out
+
+
+def check_speech(audio: np.ndarray, source: str = "audio") -> np.ndarray:
+    """float32 mono ``[S]`` at 16 kHz, at least ``MIN_AUDIO_SECONDS`` long and not silent."""
+    a = np.asarray(audio, np.float32).reshape(-1)
+    seconds = a.size / SAMPLE_RATE
+    if seconds < MIN_AUDIO_SECONDS:
+        raise GenerationError(f"{source}: too short ({seconds:.2f} s); at least {MIN_AUDIO_SECONDS} s "
+                              f"of speech is needed")
+    if not np.all(np.isfinite(a)):
+        raise GenerationError(f"{source}: audio contains NaN or Inf samples")
+    peak = float(np.max(np.abs(a)))
+    if peak < SILENCE_PEAK:
+        level = "-inf" if peak == 0 else f"{20 * math.log10(peak):.0f}"
+        raise GenerationError(f"{source}: audio is silent (peak level {level} dBFS); give speech")
+    return a
+
+
+def chunk_audio(audio: np.ndarray, slot0: int, slots: int, window: int) -> np.ndarray:
+    """Samples ``[(slot0-w)*640, (slot0+slots+w)*640)`` of ``audio``, zero outside it.
+    -> ``[(slots + 2w) * 640]`` (the ``transforms.audio_window`` layout)."""
+    s = SAMPLES_PER_FRAME
+    out = np.zeros(((slots + 2 * window) * s,), np.float32)
+    lo, hi = (slot0 - window) * s, (slot0 + slots + window) * s
+    a, b = max(lo, 0), min(hi, audio.shape[0])
+    if b > a:
+        out[a - lo:b - lo] = audio[a:b]
+    return out
+
+
+def slot_views(poses: np.ndarray, slot0: int, slots: int, animate: bool, view_reference: str) -> np.ndarray:
+    """Model view input ``[slots, 6]`` for the slots starting at output frame ``slot0``:
+    relative to the chunk's slot 0 (``"chunk"``, the training transform ``RelativePose``) or to
+    the video's first frame (``"video"``)."""
+    idx = slot0 + np.arange(slots)
+    slot_poses = poses[np.clip(idx, 0, len(poses) - 1)].copy()
+    slot_poses[idx < 0] = views_lib.IDENTITY_POSE  # the reference image's own view
+    if view_reference == "chunk":
+        ref = slot_poses[0]
+    else:
+        ref = views_lib.IDENTITY_POSE if animate else poses[0]
+    return views_lib.relative_to(slot_poses, ref)
+
+
+def check_poses(poses, num_frames: int) -> np.ndarray:
+    """A view trajectory ``[N, 6]`` fitted to ``num_frames`` (``views.fit_length``)."""
+    poses = np.asarray(poses, np.float32)
+    if poses.ndim != 2 or poses.shape[1] != 6 or not len(poses):
+        raise GenerationError(f"view trajectory: expected poses [N, 6], got shape {poses.shape}")
+    return views_lib.fit_length(poses, num_frames)
+
+
+def decode_in_groups(decode: Callable, latents, group: int) -> np.ndarray:
+    """Latents ``[1, n, h, w, c]`` -> uint8 ``[n, H, W, 3]`` through ``decode`` of ``[1, group,
+    ...]`` latents only (one compiled shape whatever ``n``): the last group is padded with its
+    last frame, and the padding dropped."""
+    n = latents.shape[1]
+    out = []
+    for i in range(0, n, group):
+        part = np.asarray(latents[:, i:i + group])
+        m = part.shape[1]
+        if m < group:
+            part = np.concatenate([part, np.repeat(part[:, -1:], group - m, axis=1)], axis=1)
+        out.append(np.asarray(decode(part))[:m])
+    return np.concatenate(out, axis=0)
+
+
+def normalize_embedding(emb, source: str = "identity embedding") -> np.ndarray:
+    """``[512]`` / ``[1, 512]`` finite, non-zero -> L2-normalised float32 ``[512]``."""
+    e = np.asarray(emb, np.float32)
+    if e.ndim == 2 and e.shape[0] == 1:
+        e = e[0]
+    if e.ndim != 1:
+        raise GenerationError(f"{source}: expected a vector [512], got shape {e.shape}")
+    if not np.all(np.isfinite(e)):
+        raise GenerationError(f"{source}: contains NaN or Inf")
+    norm = float(np.linalg.norm(e))
+    if norm == 0.0:
+        raise GenerationError(f"{source}: is all zeros")
+    return e / norm
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre square crop, resized to ``size`` (uint8 [H, W, 3] -> [size, size, 3])."""
+    h, w = image.shape[:2]
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    crop = np.ascontiguousarray(image[y0:y0 + s, x0:x0 + s])
+    if s == size:
+        return crop
+    import cv2
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_LINEAR)
+
+
+def prepare_image(image: np.ndarray, resolution: int) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` -> float32 ``[R, R, 3]`` in [-1, 1] (centre crop + resize)."""
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
+        raise GenerationError(f"reference image: expected uint8 [H, W, 3], got {img.dtype} {img.shape}")
+    return resize_square(img, resolution).astype(np.float32) / 127.5 - 1.0
