@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="demo_work")
     ap.add_argument("--out", default="demo_out")
-    ap.add_argument("--stage_minutes", type=float, default=float(os.environ.get("DEMO_STAGE_MINUTES", 1.5)),
+    ap.add_argument("--stage_minutes", type=float, default=float(os.environ.get("DEMO_STAGE_MINUTES", 0.5)),
                     help="wall-clock training budget per stage")
     a = ap.parse_args(argv)
     import jax

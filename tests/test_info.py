@@ -19,7 +19,7 @@ def test_paper_counts_match_sd15():
         assert counts[k] > 0, k
 
 
-@pytest.mark.parametrize("variant", ["tiny", "demo", "small"])
+@pytest.mark.parametrize("variant", ["tiny", "demo", pytest.param("small", marks=pytest.mark.slow)])
 def test_variants_build_abstractly(variant):
     counts = count_components(stage2_audio.get_config(variant).model)
     assert counts["spatial"] > 0 and counts["temporal"] > 0

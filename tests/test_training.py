@@ -198,6 +198,7 @@ def test_self_forcing_gradient_does_not_leak_into_the_rollout(mode):
 # ---------------------------------------------------------------------------------------------
 # The loop on the built-in corpus
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # 60 training steps + two eval compiles (~5 min on 2 shared cores): `make test-slow`
 def test_loss_falls_on_the_builtin_corpus(corpus, tmp_path):
     """Train 60 steps on the corpus; the loss of a fixed batch under fixed noise (8 draws of
     noise/t/dropout) must fall by a margin measured at ~40% (asserted: 20%)."""
