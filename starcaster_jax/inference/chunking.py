@@ -103,6 +103,18 @@ def slot_views(poses: np.ndarray, slot0: int, slots: int, animate: bool, view_re
     return views_lib.relative_to(slot_poses, ref)
 
 
+def chunk_context(zeros, ctx_lat, ch: Chunk, k: int):
+    """The chunk's clean context: ``(mask [1, T] bool, latents [1, T, h, w, c])`` with the first
+    ``ch.num_context`` slots holding ``ctx_lat`` (the previous chunk's last ``K`` latents, or the
+    reference latent ``[1, 1, ...]`` repeated) and zeros elsewhere. ``zeros`` is a jax array."""
+    mask = np.zeros((1, zeros.shape[1]), bool)
+    mask[:, :ch.num_context] = True
+    if not ch.num_context:
+        return mask, zeros
+    src = ctx_lat if ctx_lat.shape[1] != 1 else ctx_lat.repeat(k, axis=1)
+    return mask, zeros.at[:, :k].set(src)
+
+
 def check_poses(poses, num_frames: int) -> np.ndarray:
     """A view trajectory ``[N, 6]`` fitted to ``num_frames`` (``views.fit_length``)."""
     poses = np.asarray(poses, np.float32)

@@ -367,12 +367,7 @@ class Generator:
         drop_view = jnp.asarray([poses is None])                         # [1]
         base = jax.random.key(seed)
         for ch in chunks:
-            mask = np.zeros((1, slots), bool)
-            mask[:, :ch.num_context] = True
-            context = zeros
-            if ch.num_context:
-                src = jnp.repeat(ctx_lat, k, axis=1) if ctx_lat.shape[1] == 1 else ctx_lat
-                context = zeros.at[:, :k].set(src)
+            mask, context = chunking.chunk_context(zeros, ctx_lat, ch, k)
             if poses is None:
                 view = no_view
             else:

@@ -119,12 +119,7 @@ class Server:
         no_view = jnp.asarray(views_lib.static(slots))[None]
         drop_view = jnp.asarray([poses is None])
         for ch in chunks:
-            mask = np.zeros((1, slots), bool)
-            mask[:, :ch.num_context] = True
-            context = zeros
-            if ch.num_context:
-                src = jnp.repeat(ctx_lat, k, axis=1) if ctx_lat.shape[1] == 1 else ctx_lat
-                context = zeros.at[:, :k].set(src)
+            mask, context = C.chunk_context(zeros, ctx_lat, ch, k)
             view = no_view if poses is None else jnp.asarray(
                 C.slot_views(poses, ch.slot0, slots, animate, view_reference))[None]
             a = jnp.asarray(C.chunk_audio(audio, ch.slot0, slots, self.window))[None]
