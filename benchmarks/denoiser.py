@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 import starcaster_jax  # noqa: F401  (flax config)
 from starcaster_jax.models.unet import UNet, UNetConfig
@@ -46,7 +47,7 @@ def _flops(compiled) -> float:
 
 def bench_jax(iters):
     cfg = UNetConfig(**SMALL, audio_dim=None, view_dim=None, use_context_embedding=False)
-    model = UNet(cfg, rngs=nnx.Rngs(0))
+    model = UNet(cfg, rngs=InitRngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     k = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(k[0], (B, F, H, W, C))

@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+from starcaster_jax.models.rngs import InitRngs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:variant]", lock_config=True)
 
@@ -36,7 +37,7 @@ def count_components(model_cfg) -> dict[str, int]:
     from starcaster_jax.weights.common import param_shapes
 
     counts = {name: 0 for name, _ in COMPONENTS}
-    model = nnx.eval_shape(lambda: STARCaster(model_cfg, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: STARCaster(model_cfg, rngs=InitRngs(0)))
     for path, shape in param_shapes(model).items():
         for name, pat in COMPONENTS:
             if re.search(pat, path):
@@ -45,7 +46,7 @@ def count_components(model_cfg) -> dict[str, int]:
         else:
             raise AssertionError(f"parameter {path} belongs to no component")
     vcfg = VAEConfig.from_diffusers(dict(model_cfg.vae))
-    vae = nnx.eval_shape(lambda: AutoencoderKL(vcfg, rngs=nnx.Rngs(0)))
+    vae = nnx.eval_shape(lambda: AutoencoderKL(vcfg, rngs=InitRngs(0)))
     counts["vae (frozen)"] = sum(int(np.prod(s)) for s in param_shapes(vae).values())
     return counts
 

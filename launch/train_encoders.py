@@ -39,6 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Mapping
 
 import numpy as np
+from starcaster_jax.models.rngs import InitRngs
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(_REPO, "configs", "stage2_audio.py") + ":demo"
@@ -507,7 +508,7 @@ class IdentityJob(_Job):
                                                       for c in corpus.train]),
                                       corpus.train_view_labels]).astype(np.int32)
         n_cls = corpus.num_train_ids
-        model = be.init_params(nnx.eval_shape(lambda: ArcFaceModel(cfg, n_cls, rngs=nnx.Rngs(0))),
+        model = be.init_params(nnx.eval_shape(lambda: ArcFaceModel(cfg, n_cls, rngs=InitRngs(0))),
                                sched.seed)
         opt = _optimizer(model, sched, weight_decay=5e-4, clip=5.0)
         self.graphdef, self.state = nnx.split((model, opt))

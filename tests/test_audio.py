@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 import starcaster_jax  # noqa: F401  (flax config)
 from starcaster_jax.models.audio import (AudioEncoder, AudioProjector, BuiltinAudioConfig,
@@ -145,9 +146,9 @@ def test_wav2vec2_import_errors(tmp_path):
 
 def test_every_param_has_logical_axes():
     enc = nnx.eval_shape(lambda: build_audio_encoder({"encoder": "wav2vec2", "wav2vec2": SMALL}))
-    bi = nnx.eval_shape(lambda: BuiltinAudioEncoder(BuiltinAudioConfig(hidden_size=32), rngs=nnx.Rngs(0)))
+    bi = nnx.eval_shape(lambda: BuiltinAudioEncoder(BuiltinAudioConfig(hidden_size=32), rngs=InitRngs(0)))
     proj = nnx.eval_shape(lambda: AudioProjector(window=2, num_layers=3, in_dim=8, out_dim=16,
-                                                 num_tokens=4, hidden_dim=32, rngs=nnx.Rngs(0)))
+                                                 num_tokens=4, hidden_dim=32, rngs=InitRngs(0)))
     for m in (enc, bi, proj):
         for path, var in nnx.to_flat_state(nnx.state(m, nnx.Param)):
             names = var.get_metadata().get("out_sharding")
@@ -193,9 +194,9 @@ def test_encoder_switch_and_tokens(small_encoders):
     for kind in ("builtin", "wav2vec2"):
         cfg = {"encoder": kind, "wav2vec2": SMALL, "builtin": TINY_BUILTIN,
                "window": 2, "layers": [0, 1], "num_tokens": 4, "token_dim": 24, "proj_hidden": 32}
-        enc = build_audio_encoder(cfg, rngs=nnx.Rngs(0))
+        enc = build_audio_encoder(cfg, rngs=InitRngs(0))
         assert isinstance(enc, AudioEncoder)
-        proj = build_audio_projector(cfg, enc, rngs=nnx.Rngs(1))
+        proj = build_audio_projector(cfg, enc, rngs=InitRngs(1))
         tokens = nnx.jit(lambda e, p, x: audio_tokens(e, p, x, 5, layers=cfg["layers"]))
         tok = tokens(enc, proj, jnp.ones((2, 640 * 5 + 3)) * 0.1)
         assert tok.shape == (2, 5, 4, 24) and bool(jnp.all(jnp.isfinite(tok)))
@@ -235,7 +236,7 @@ def _tone_batch(rng, b, frames, freqs, sr=16000):
 def test_builtin_pretraining_learns_toy():
     freqs = [300.0, 700.0, 1500.0, 3200.0]
     cfg = BuiltinAudioConfig(hidden_size=32, num_layers=1, num_heads=2, num_visemes=len(freqs))
-    model = BuiltinAudioEncoder(cfg, rngs=nnx.Rngs(0))
+    model = BuiltinAudioEncoder(cfg, rngs=InitRngs(0))
     opt = make_pretrain_optimizer(model, learning_rate=3e-3)
     rng = np.random.RandomState(0)
     held_out = _tone_batch(np.random.RandomState(123), 8, 20, freqs)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 from configs import stage2_audio
 from data_pipelines import schema
@@ -444,7 +445,7 @@ def test_cli_smoke_with_a_real_checkpoint(cfg, parts, tmp_path, capsys):
     c.model.encoders_dir = str(tmp_path / "encoders")
     be.save(c.model.encoders_dir, "vae", parts.vae, None, None)
     be.save(c.model.encoders_dir, "audio", parts.audio_encoder, None, None)
-    ident = G.random_module(lambda: BuiltinIdentityEncoder(BuiltinIdentityConfig(), rngs=nnx.Rngs(0)), 4)
+    ident = G.random_module(lambda: BuiltinIdentityEncoder(BuiltinIdentityConfig(), rngs=InitRngs(0)), 4)
     be.save(c.model.encoders_dir, "identity_cond", ident, None, None)
     params = {"model": nnx.to_pure_dict(nnx.state(parts.model, nnx.Param))}
     state = TrainState(step=jnp.int32(1), params=params, opt_state={}, ema=params,

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 import starcaster_jax  # noqa: F401  (disables eager sharding)
 from starcaster_jax.models.identity import (ARCFACE_TEMPLATE, Arc2FaceIdentityEncoder, ArcFaceHead,
@@ -55,7 +56,7 @@ def hf_clip():
 
 
 def _ours_from_torch(m, cfg):
-    ours = nnx.eval_shape(lambda: CLIPTextModel(cfg, rngs=nnx.Rngs(0)))
+    ours = nnx.eval_shape(lambda: CLIPTextModel(cfg, rngs=InitRngs(0)))
     sd = {k: v.numpy() for k, v in m.state_dict().items()}
     import_clip_text_state(ours, sd, source="in-memory")
     nnx.update(ours, jax.tree.map(jnp.asarray, nnx.state(ours)))
@@ -239,7 +240,7 @@ def test_substitute_token_and_errors():
         substitute_token(tok, 3, jnp.ones((2, 9)))
     m = nnx.eval_shape(lambda: CLIPTextModel(CLIPTextConfig(**{k: HF_SMALL[k] for k in (
         "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-        "num_attention_heads", "max_position_embeddings")}), rngs=nnx.Rngs(0)))
+        "num_attention_heads", "max_position_embeddings")}), rngs=InitRngs(0)))
     with pytest.raises(ValueError, match="outside"):
         Arc2FaceIdentityEncoder(m, [1, 2, 3], 5)
     with pytest.raises(ValueError, match="at most 16"):
@@ -400,7 +401,7 @@ def test_builtin_presets_differ_and_shapes():
     cond, ev = BuiltinIdentityConfig.for_conditioning(), BuiltinIdentityConfig.for_evaluation()
     assert cond != ev and (cond.widths, cond.pool) != (ev.widths, ev.pool)
     for c in (cond, ev):
-        m = nnx.eval_shape(lambda c=c: BuiltinIdentityEncoder(c, rngs=nnx.Rngs(0)))
+        m = nnx.eval_shape(lambda c=c: BuiltinIdentityEncoder(c, rngs=InitRngs(0)))
         out = jax.eval_shape(lambda st, x: nnx.merge(nnx.graphdef(m), st)(x), nnx.state(m),
                              jax.ShapeDtypeStruct((3, 64, 64, 3), jnp.float32))
         assert out.shape == (3, 512)
@@ -426,7 +427,7 @@ def test_builtin_encoder_embeds_unit_vectors():
 
 
 def test_arcface_margin_logits():
-    head = nnx.eval_shape(lambda: ArcFaceHead(4, 3, scale=10.0, margin=0.5, rngs=nnx.Rngs(0)))
+    head = nnx.eval_shape(lambda: ArcFaceHead(4, 3, scale=10.0, margin=0.5, rngs=InitRngs(0)))
     head.weight.set_value(jnp.asarray(np.eye(4, 3, dtype=np.float32)))
     th = np.array([0.3, 1.2, 2.9])                       # angle to the true class 0
     emb = np.stack([np.cos(th), np.sin(th), np.zeros(3), np.zeros(3)], 1).astype(np.float32)

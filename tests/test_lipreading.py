@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 import starcaster_jax  # noqa: F401  (turns off eager sharding)
 from starcaster_jax.models.lipreading import (LipReader, LipReaderConfig, accuracy, crop_mouths,
@@ -25,7 +26,7 @@ def model():
     Eager ``LipReader(TINY, rngs=...)`` compiles one RNG kernel per parameter shape, ~15 s on two busy
     cores; the tests don't depend on the exact init, so skip those compiles.
     """
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: LipReader(TINY, rngs=nnx.Rngs(0))))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: LipReader(TINY, rngs=InitRngs(0))))
     rng = np.random.default_rng(0)
 
     def fill(path, x):
@@ -57,7 +58,7 @@ def test_shapes_and_dtypes(model):
     assert model.logits(feats).shape == (2, 3, TINY.num_visemes)
     assert LipReaderConfig().num_visemes == 16 and LipReaderConfig.real().crop_size == 88
     # the real-size model builds (abstractly: no allocation) and keeps its per-frame layout
-    real = nnx.eval_shape(lambda: LipReader(LipReaderConfig.real(), rngs=nnx.Rngs(0)))
+    real = nnx.eval_shape(lambda: LipReader(LipReaderConfig.real(), rngs=InitRngs(0)))
     out = jax.eval_shape(lambda st, x: nnx.merge(nnx.graphdef(real), st)(x), nnx.state(real),
                          jax.ShapeDtypeStruct((1, 5, 88, 88, 1), jnp.float32))
     assert out.shape == (1, 5, 512)

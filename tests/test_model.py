@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 from configs import stage2_audio
 from starcaster_jax.models.starcaster import STARCaster, audio_feature_shape
@@ -10,7 +11,7 @@ from starcaster_jax.models.starcaster import STARCaster, audio_feature_shape
 
 def test_tiny_forward_all_conditions():
     cfg = stage2_audio.get_config("tiny").model
-    model = STARCaster(cfg, rngs=nnx.Rngs(0))
+    model = STARCaster(cfg, rngs=InitRngs(0))
     # give the zero-initialised STARCaster layers values so their paths are visible
     for mod in (model.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn_audio.to_out,
                 model.unet.down_blocks[0].motion_modules[0].view_proj,

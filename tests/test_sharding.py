@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 from jax.sharding import PartitionSpec as P
 
 from starcaster_jax import sharding
@@ -54,13 +55,13 @@ def test_logical_rules_drop_non_dividing_axes():
 @pytest.mark.parametrize("shape", [(2, 2, 2), pytest.param((1, 8, 1), marks=pytest.mark.slow)])
 def test_fsdp_sharded_forward_equals_single_device(shape):
     assert jax.device_count() >= 8
-    ref = UNet(CFG, rngs=nnx.Rngs(0))
+    ref = UNet(CFG, rngs=InitRngs(0))
     _randomize_zero_layers(ref)
     inp = _inputs(b=8, f=2)
     want = _forward(ref, inp)
 
     mesh = sharding.make_mesh(shape)
-    model = sharding.create_sharded(lambda: UNet(CFG, rngs=nnx.Rngs(0)), mesh)
+    model = sharding.create_sharded(lambda: UNet(CFG, rngs=InitRngs(0)), mesh)
     nnx.update(model, jax.device_put(nnx.state(ref), sharding.state_shardings(nnx.state(model), mesh)))
     kernel = model.down_blocks[1].resnets[0].conv1.kernel.get_value()
     assert len(kernel.sharding.device_set) == 8 and not kernel.sharding.is_fully_replicated
@@ -71,7 +72,7 @@ def test_fsdp_sharded_forward_equals_single_device(shape):
 
 
 def test_sequence_parallel_temporal_attention_equals_unsharded():
-    ref = UNet(CFG, rngs=nnx.Rngs(0))
+    ref = UNet(CFG, rngs=InitRngs(0))
     _randomize_zero_layers(ref)
     inp = _inputs(b=2, f=8)
     want = _forward(ref, inp)
@@ -85,7 +86,7 @@ def test_sequence_parallel_temporal_attention_equals_unsharded():
 
 def test_per_sample_drop_equals_absent_condition():
     """drop_id/drop_audio on a sample == calling the model without that condition (CFG contract)."""
-    model = UNet(CFG, rngs=nnx.Rngs(0))
+    model = UNet(CFG, rngs=InitRngs(0))
     _randomize_zero_layers(model)
     inp = _inputs(b=2, f=2)
     both = model(inp["x"], inp["t"], id_tokens=inp["id_tokens"], audio_tokens=inp["audio_tokens"],

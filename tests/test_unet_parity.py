@@ -11,6 +11,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
+from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.models.unet import UNet  # noqa: E402
 from starcaster_jax.weights.common import WeightImportError  # noqa: E402
@@ -94,7 +95,7 @@ def test_motion_adapter_import_into_spatial_model(tmp_path):
     _randomize(adapter, seed=3)
     adapter.save_pretrained(tmp_path)
     cfg = config_from_diffusers_dict = None  # noqa: F841
-    model = UNet(_cfg_small(), rngs=nnx.Rngs(0))
+    model = UNet(_cfg_small(), rngs=InitRngs(0))
     before = np.asarray(model.conv_in.kernel.get_value()).copy()
     load_unet_weights(model, str(tmp_path), part="temporal")
     got = np.asarray(model.down_blocks[0].motion_modules[0].proj_in.kernel.get_value())
@@ -116,6 +117,6 @@ def test_import_names_first_mismatch(tmp_path):
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=4, **SMALL)
     ref.save_pretrained(tmp_path)
     wrong = UNet(_cfg_small().__class__(**{**_cfg_small().__dict__, "cross_attention_dim": 32}),
-                 rngs=nnx.Rngs(0))
+                 rngs=InitRngs(0))
     with pytest.raises(WeightImportError, match=r"attn2\.to_k"):
         load_unet_weights(wrong, str(tmp_path))

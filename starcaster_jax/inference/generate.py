@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.diffusion.guidance import guided_model_fn
 from starcaster_jax.diffusion.samplers import SAMPLERS, sample
@@ -562,12 +563,12 @@ def random_parts(config, seed: int = 0) -> Parts:
     from starcaster_jax.models.starcaster import STARCaster
     from starcaster_jax.models.vae import AutoencoderKL, VAEConfig
     mc = config.model
-    model = random_module(lambda: STARCaster(mc, rngs=nnx.Rngs(0)), seed)
+    model = random_module(lambda: STARCaster(mc, rngs=InitRngs(0)), seed)
     vc = dict(mc.vae.to_dict(), block_out_channels=tuple(mc.vae.block_out_channels))
-    vae = random_module(lambda: AutoencoderKL(VAEConfig(**vc), rngs=nnx.Rngs(0)), seed + 1)
+    vae = random_module(lambda: AutoencoderKL(VAEConfig(**vc), rngs=InitRngs(0)), seed + 1)
     audio = None
     if mc.unet.get("audio_dim"):
-        audio = random_module(lambda: build_audio_encoder(mc.audio, rngs=nnx.Rngs(0)), seed + 2)
+        audio = random_module(lambda: build_audio_encoder(mc.audio, rngs=InitRngs(0)), seed + 2)
     proj = np.random.default_rng(seed + 3).normal(size=(3, int(mc.identity.embed_dim))).astype(np.float32)
 
     def identity_fn(frames):  # [B, H, W, 3] -> [B, E]: a fixed random projection of the mean colour

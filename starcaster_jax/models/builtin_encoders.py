@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 ENCODER_NAMES = ("vae", "audio", "identity_cond", "identity_eval", "lip_loss", "lip_eval")
 
@@ -90,7 +91,7 @@ def config_from_dict(kind: str, d: Mapping[str, Any]):
 def abstract_module(kind: str, module_config) -> nnx.Module:
     """The module with ``ShapeDtypeStruct`` leaves (nothing allocated)."""
     cls = _kinds()[kind][0]
-    return nnx.eval_shape(lambda: cls(module_config, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: cls(module_config, rngs=InitRngs(0)))
 
 
 # leaf name -> how to draw it. These are the initializers the built-in encoders declare:

@@ -16,6 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.models.attention import Attention, dot_product_attention
 from starcaster_jax.models.blocks import ResnetBlock2D, Upsample2D
@@ -358,12 +359,13 @@ class AutoencoderKL(nnx.Module):
 def abstract_vae(config: VAEConfig) -> AutoencoderKL:
     """The model with ``ShapeDtypeStruct`` leaves (nothing allocated): for counting parameters,
     deriving shardings and loading weights straight into place."""
-    return nnx.eval_shape(lambda: AutoencoderKL(config, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: AutoencoderKL(config, rngs=InitRngs(0)))
 
 
 def create_vae(config: VAEConfig, *, seed: int = 0, rngs: nnx.Rngs | None = None) -> AutoencoderKL:
     """Randomly initialised VAE, built under ``nnx.jit``: one compile of the whole init instead
     of one eager compile per parameter shape. Without ``rngs`` the init key is ``rbg`` (same
     distributions; XLA:CPU compiles it ~2x faster than threefry, which dominates tiny-model set-up)."""
-    rngs = rngs if rngs is not None else nnx.Rngs(jax.random.key(seed, impl="rbg"))
-    return nnx.jit(lambda r: AutoencoderKL(config, rngs=r))(rngs)
+    if rngs is not None:
+        return nnx.jit(lambda r: AutoencoderKL(config, rngs=r))(rngs)
+    return nnx.jit(lambda: AutoencoderKL(config, rngs=InitRngs(jax.random.key(seed, impl="rbg"))))()

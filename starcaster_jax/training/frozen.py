@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.models.vae import VAEConfig, create_vae
 
@@ -95,13 +96,13 @@ def build_frozen(config) -> dict[str, nnx.Module]:
             from starcaster_jax.models.audio.encoder import build_audio_encoder
             if not m.audio.get("wav2vec2_path", ""):
                 log.warning("frozen wav2vec2: random init (no model.audio.wav2vec2_path): tests only")
-            nets["audio"] = _jit_build(lambda: build_audio_encoder(m.audio, rngs=nnx.Rngs(config.seed)))
+            nets["audio"] = _jit_build(lambda: build_audio_encoder(m.audio, rngs=InitRngs(config.seed)))
         else:
             enc = _from_dir(config, "audio", m.audio.get("encoder_checkpoint", ""))
             if enc is None:
                 from starcaster_jax.models.audio.encoder import build_audio_encoder
                 log.warning("frozen audio encoder: random init (no encoders_dir): tests only")
-                enc = _jit_build(lambda: build_audio_encoder(m.audio, rngs=nnx.Rngs(config.seed)))
+                enc = _jit_build(lambda: build_audio_encoder(m.audio, rngs=InitRngs(config.seed)))
             nets["audio"] = enc
     # identity
     if identity_source(config) == "encoder":
@@ -116,7 +117,7 @@ def build_frozen(config) -> dict[str, nnx.Module]:
         if lip is None:
             from starcaster_jax.models.lipreading import LipReader, LipReaderConfig
             log.warning("frozen lip reader: random init (no encoders_dir): tests only")
-            lip = _jit_build(lambda: LipReader(LipReaderConfig.tiny(), rngs=nnx.Rngs(config.seed)))
+            lip = _jit_build(lambda: LipReader(LipReaderConfig.tiny(), rngs=InitRngs(config.seed)))
         nets["lip"] = lip
     return nets
 

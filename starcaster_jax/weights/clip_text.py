@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.models.identity.clip_text import CLIPTextConfig, CLIPTextModel
 from starcaster_jax.weights.common import (WeightImportError, apply_converted, auto_layout, convert,
@@ -77,7 +78,7 @@ def load_clip_text(path: str, *, dtype=None) -> tuple[CLIPTextModel, CLIPTextCon
         cfg = CLIPTextConfig.from_hf(hf)
     except (ValueError, TypeError) as e:
         raise WeightImportError(f"{path}/config.json: {e}") from None
-    model = nnx.eval_shape(lambda: CLIPTextModel(cfg, rngs=nnx.Rngs(0), dtype=dtype))
+    model = nnx.eval_shape(lambda: CLIPTextModel(cfg, rngs=InitRngs(0), dtype=dtype))
     sd = read_checkpoint(path, prefer=("model.safetensors", "pytorch_model.bin"))
     import_clip_text_state(model, sd, source=path)
     nnx.update(model, jax.tree.map(jnp.asarray, nnx.state(model)))

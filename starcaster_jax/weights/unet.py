@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.models.unet import UNet, UNetConfig
 from starcaster_jax.weights.common import (WeightImportError, apply_converted, convert, param_shapes,
@@ -119,6 +120,6 @@ def load_unet_weights(model: UNet, path: str, *, part: str = "auto") -> list[str
 def load_unet(path: str, *, rngs: nnx.Rngs | None = None, **overrides) -> tuple[UNet, UNetConfig]:
     """Build a ``UNet`` from a diffusers directory's config and load its weights."""
     cfg = config_from_diffusers(path, **overrides)
-    model = UNet(cfg, rngs=rngs or nnx.Rngs(0))
+    model = UNet(cfg, rngs=rngs or InitRngs(0))
     load_unet_weights(model, path)
     return model, cfg

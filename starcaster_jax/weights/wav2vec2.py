@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.models.audio.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 from starcaster_jax.weights.common import (WeightImportError, apply_converted, auto_layout,
@@ -93,7 +94,7 @@ def load_wav2vec2(path: str, *, dtype=None) -> tuple[Wav2Vec2Model, Wav2Vec2Conf
         cfg = Wav2Vec2Config.from_pretrained(path)
     except (ValueError, TypeError) as e:
         raise WeightImportError(f"{path}/config.json: {e}") from None
-    model = nnx.eval_shape(lambda: Wav2Vec2Model(cfg, rngs=nnx.Rngs(0), dtype=dtype))
+    model = nnx.eval_shape(lambda: Wav2Vec2Model(cfg, rngs=InitRngs(0), dtype=dtype))
     sd = read_checkpoint(path, prefer=("model.safetensors", "pytorch_model.bin"))
     import_wav2vec2_state(model, sd, source=path)
     # Leaves are numpy after apply_converted; make them device arrays once.

@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import jax
 from flax import nnx
+from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.models.audio.alignment import AudioProjector
 from starcaster_jax.models.audio.builtin import BuiltinAudioConfig, BuiltinAudioEncoder
@@ -68,7 +69,7 @@ def build_audio_encoder(cfg: Any, *, rngs: nnx.Rngs | None = None) -> AudioEncod
     kind = _get(cfg, "encoder", "builtin")
     if kind not in ENCODERS:
         raise ValueError(f"audio.encoder: expected one of {ENCODERS}, got {kind!r}")
-    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    rngs = rngs if rngs is not None else InitRngs(0)
     if kind == "wav2vec2":
         path = _get(cfg, "wav2vec2_path")
         if path:
