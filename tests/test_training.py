@@ -243,6 +243,38 @@ def test_nan_batch_update_is_skipped_and_counted(corpus):
     assert not leaves_equal(jax.device_get(state.params), before)
 
 
+def test_separate_update_program_equals_the_fused_step():
+    """optim.update_program: the two-program step (gradients, then the update program every
+    stream shares) takes the same two steps as one fused program."""
+    from starcaster_jax.sharding import make_mesh
+    from starcaster_jax.training.step import Trainer, TwoProgramStep
+    out = {}
+    for mode in ("separate", "fused"):
+        c = micro()
+        c.optim.update_program = mode
+        tr = Trainer(c, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
+        batch = fake_batch(tr, "video")
+        steps = {k: tr.compiled(k, batch) for k in ("video", "multiview")}
+        assert isinstance(steps["video"], TwoProgramStep) == (mode == "separate")
+        if mode == "separate":
+            assert steps["video"].update is steps["multiview"].update
+        state, metrics = tr.init_state(), []
+        for _ in range(2):
+            state, m = tr.step(state, batch, "video")
+            metrics.append(jax.device_get(m))
+        out[mode] = (jax.device_get(state), metrics)
+    (s_sep, m_sep), (s_fus, m_fus) = out["separate"], out["fused"]
+    assert int(s_sep.step) == int(s_fus.step) == 2
+    for a, b in zip(jax.tree.leaves((s_sep.params, s_sep.opt_state, s_sep.ema)),
+                    jax.tree.leaves((s_fus.params, s_fus.opt_state, s_fus.ema))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    for a, b in zip(m_sep, m_fus):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    assert min(float(m["grad_norm"]) for m in m_sep) > 0 and int(s_sep.skipped) == 0
+
+
 def _train_cmd(workdir, root, *extra):
     return [sys.executable, "-m", "launch.train", "--config=configs/stage1_motion.py:micro",
             f"--workdir={workdir}", f"--config.data.root={root}", "--config.log.progress=False",

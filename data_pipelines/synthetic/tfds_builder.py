@@ -45,8 +45,10 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 
 
 PRESETS = {
-    # ~30 identities, ~240 clips of 3-4 s (~20k frames) + 120 multi-view sets: minutes.
-    "demo": dict(n_train_ids=24, n_test_ids=6, clips_per_id=8, multiview_per_id=4),
+    # ~30 identities, ~240 clips of 3-4 s (~20k frames) + 120 multi-view sets: under a minute.
+    # No supersampling: 4x faster to render (25 s instead of 90 s on 2 cores), and at 64 px
+    # the edges alias only slightly.
+    "demo": dict(n_train_ids=24, n_test_ids=6, clips_per_id=8, multiview_per_id=4, supersample=1),
     # ~10x demo: a corpus to train the tiny configs to convergence (about an hour on 2 cores).
     "small": dict(n_train_ids=200, n_test_ids=40, clips_per_id=10, multiview_per_id=8),
     # For accelerators: 2,000 identities, ~40k clips (many CPU-hours; use --workers).

@@ -104,6 +104,7 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
     flops: dict[str, float | None] = {}
     peak = None
     pending: list[tuple[str, dict]] = []
+    in_flight = None
     t_start = time.perf_counter()
     t_log, n_log, ex_log = t_start, 0, 0
     steps_this_call = 0
@@ -129,6 +130,11 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
                     seen.add(k)
                     flops[k] = step_flops(trainer.compiled(k, gb))
             state, metrics = trainer.step(state, gb, kind)
+            # At most two steps in flight: the host reads the next batch while the device runs
+            # this step, and the wall budget below counts finished steps, not a queue of them.
+            if in_flight is not None:
+                jax.block_until_ready(in_flight)
+            in_flight = metrics
             step += 1
             steps_this_call += 1
             pending.append((kind, metrics))
