@@ -144,7 +144,13 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
             if delay:
                 time.sleep(delay)
 
-            if step % log_every == 0 or step == total:
+            stop_now = pre.requested or bool(max_wall and time.perf_counter() - t_start - compile_s > max_wall)
+            if jax.process_count() > 1:   # every host must stop at the same step boundary
+                from jax.experimental import multihost_utils
+                stop_now = bool(np.any(multihost_utils.process_allgather(np.array([stop_now]))))
+            done = step >= total or (stop_after and steps_this_call >= stop_after)
+            timeout = stop_now
+            if step % log_every == 0 or done or timeout:    # the last partial interval too
                 for k, m in jax.device_get(pending):
                     writer.add(k.replace("video_sf", "video"), m)
                 pending.clear()
@@ -158,12 +164,6 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
                 writer.write(step, extra)
                 t_log, n_log, ex_log = time.perf_counter(), 0, 0
 
-            stop_now = pre.requested or bool(max_wall and time.perf_counter() - t_start - compile_s > max_wall)
-            if jax.process_count() > 1:   # every host must stop at the same step boundary
-                from jax.experimental import multihost_utils
-                stop_now = bool(np.any(multihost_utils.process_allgather(np.array([stop_now]))))
-            done = step >= total or (stop_after and steps_this_call >= stop_after)
-            timeout = stop_now
             if step % ckpt_every == 0 or done or timeout:
                 ckpt.save(step, state, config, data, force=True)
                 last_saved = step
