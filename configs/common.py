@@ -127,6 +127,8 @@ def base_config(variant: str) -> mlc.ConfigDict:
     data.root = ""                 # the built-in corpus or ingested shards (TFDS data_dir)
     data.mixture = mlc.ConfigDict({"video": 1.0})
     data.hflip = True
+    data.num_shards = 0            # logical shards of the global batch (0: one per process);
+                                   # fix it to get the same batches on any number of hosts
     data.num_workers = 0
     data.prefetch = 2
 
