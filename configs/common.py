@@ -139,6 +139,7 @@ def base_config(variant: str) -> mlc.ConfigDict:
     o.weight_decay = 1e-2
     o.grad_clip = 1.0
     o.ema_decay = 0.999
+    o.update_program = "separate"  # "separate": gradients + one shared update program; "fused": one
     o.param_groups = ()            # ((regex, "freeze" | lr_multiplier), ...), first match wins
 
     s = c.schedule = mlc.ConfigDict()

@@ -24,10 +24,8 @@ class InitRngs(nnx.Rngs):
     ``nnx.Rngs(key)`` does, so the keys come out in the same order.
     """
 
-    def __init__(self, key: int | jax.Array, *, impl: str | None = None):
-        if isinstance(key, int):
-            key = jax.random.key(key, impl=impl) if impl else jax.random.key(key)
-        super().__init__(key)
+    def __init__(self, key: int | jax.Array):
+        super().__init__(jax.random.key(key) if isinstance(key, int) else key)
         object.__setattr__(self, "_draws", 0)
 
     def _next(self) -> jax.Array:
