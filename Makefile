@@ -21,8 +21,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n $(JOBS) --dist loadfile --durations=15 tests
 
+# The slow suite (full-step compiles, training runs, the 2-process test); CI runs it after `test`.
+# --dist load: most slow tests live in one file, so spread them by test, not by file.
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m "slow" tests
+	$(PY) -m pytest -q -m "slow" -n $(JOBS) --dist load --durations=15 tests
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q tests

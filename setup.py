@@ -40,7 +40,11 @@ setup(
             "opencv-python-headless>=4.9,<5",  # 4.x wheels ship the Haar cascades; 5.x do not.
             "onnxruntime>=1.18",
             "scipy>=1.11",
+            "apache-beam==2.77.0",             # ingestion pipelines (data_pipelines/ingest/beam.py)
         ],
+        # MediaPipe landmarks/detector (--landmarks, --detector mediapipe). Not in `make install`:
+        # it pulls opencv-contrib-python 5.x, which shadows the 4.x cv2 whose Haar cascades we use.
+        "landmarks": ["mediapipe>=1.0"],
     },
     entry_points={
         "console_scripts": [

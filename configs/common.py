@@ -93,8 +93,10 @@ def base_config(variant: str) -> mlc.ConfigDict:
     c.seed = 0
 
     m = c.model = mlc.ConfigDict()
-    m.unet = mlc.ConfigDict(dict(_UNET[variant], dtype="float32", remat_policy="none",
-                                 use_temporal=True, use_context_embedding=True))
+    # dtype: compute dtype ("auto" = bfloat16 on TPU/GPU, float32 on CPU; params, loss, norm
+    # statistics and softmax stay f32); remat_policy: none|dots|dots_saveable|full (models/unet.py)
+    m.unet = mlc.ConfigDict(dict(_UNET[variant], dtype="auto" if variant in ("small", "paper") else "float32",
+                                 remat_policy="none", use_temporal=True, use_context_embedding=True))
     m.vae = mlc.ConfigDict(dict(_VAE[variant], scaling_factor=0.18215 if variant == "paper" else 1.0))
     m.vae_checkpoint = ""          # trained tiny VAE (demo) or an imported SD VAE directory
     # Directory written by `python -m launch.train_encoders` (<dir>/{vae,audio,identity_cond,
@@ -105,7 +107,7 @@ def base_config(variant: str) -> mlc.ConfigDict:
                                      encoder="builtin", encoder_checkpoint=""))
     m.audio = mlc.ConfigDict(dict(_AUDIO[variant], token_dim=_UNET[variant]["audio_dim"],
                                   layers=None, wav2vec2_path="", encoder_checkpoint=""))
-    m.attention_impl = ""          # "" (einsum on CPU, XLA elsewhere) | "xla" | "cudnn" (GPU flash)
+    m.attention_impl = ""          # "" = per platform (einsum CPU, cudnn GPU, splash TPU) | xla | einsum | cudnn | splash
     # Sequence-parallel temporal attention: frames sharded over this mesh axis inside the motion
     # modules (K/V all-gathered in a shard_map), so long clips fit; "" = off.
     m.sequence_parallel_axis = ""
@@ -122,6 +124,9 @@ def base_config(variant: str) -> mlc.ConfigDict:
     d.sample_steps = 25 if variant in ("small", "paper") else 10
     d.audio_cfg = 2.0
     d.id_cfg = 1.5
+    # Inference timestep grid (DDPM): "trailing" starts at t=999 (pure noise), as the
+    # self-forcing rollout does; "leading" is diffusers' SD-1.5 default (starts at t=901 for 10 steps).
+    d.timestep_spacing = "trailing"
 
     data = c.data = mlc.ConfigDict(dict(_DATA[variant]))
     data.root = ""                 # the built-in corpus or ingested shards (TFDS data_dir)
@@ -150,16 +155,26 @@ def base_config(variant: str) -> mlc.ConfigDict:
     # Objectives (training/losses.py). Stages override the drop probabilities and lip weight.
     c.train = mlc.ConfigDict(dict(
         p_drop_id=0.1, p_drop_audio=0.1, p_drop_view=0.2,   # CFG / invent-your-own-motion dropout
+        p_drop_all=0.05,            # P(identity, audio and view dropped together): the branch CFG weights by 1 - s_id
         p_context=0.7,              # video: P(first K frames are clean context) else synthesize
+        # video: P(the context is the reference layout inference uses for the first animate chunk:
+        # frame 0 repeated K times, zero audio on those slots), taken out of p_context
+        p_reference_context=0.3,
         p_context_multiview=0.5,    # multiview: P(view 0 is a clean reference)
+        per_frame_t=False,          # diffusion forcing: an independent timestep per frame (else one per clip)
         lip_weight=0.0, lip_low_noise_power=1.0, lip_checkpoint="",
         strict_reference=False,     # ablation: reference frame always context, no identity tokens
         use_view=True, vae_latent_noise=False))
-    # Self-forcing (training/self_forcing.py): roll out R chunks with a few-step sampler.
-    c.self_forcing = mlc.ConfigDict(dict(enabled=False, probability=0.5, chunks=2, steps=4,
-                                         sampler="ddim", mode="context_stopgrad"))
-    # LoRA on chosen kernels (stage 3: the temporal blocks); alpha / rank scales the update.
-    # ``also_train``: base parameters that keep training next to the adapters (small, new layers).
+    # Self-forcing (training/self_forcing.py): roll out R chunks with the inference sampler. The
+    # empty / zero / negative values below mean "the inference setting" (the diffusion section),
+    # so the rolled-out context looks like what Generator produces.
+    c.self_forcing = mlc.ConfigDict(dict(
+        enabled=False, probability=0.5, chunks=2, mode="context_stopgrad",
+        sampler="",                 # "" = diffusion.sampler
+        steps=0,                    # 0 = diffusion.sample_steps
+        spacing="",                 # "" = diffusion.timestep_spacing
+        audio_cfg=-1.0, id_cfg=-1.0,  # < 0 = diffusion.audio_cfg / id_cfg (CFG in the rollout)
+    ))
     c.lora = mlc.ConfigDict(dict(enabled=False, rank=16, alpha=16.0, train_base=False,
                                  also_train=r"view_embedding|view_proj",
                                  targets=r"motion_modules\..*\.(to_q|to_k|to_v|to_out)"))
@@ -167,6 +182,19 @@ def base_config(variant: str) -> mlc.ConfigDict:
     c.mesh = mlc.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.ckpt = mlc.ConfigDict(dict(every_steps=200, keep=3, async_save=True))
     c.eval = mlc.ConfigDict(dict(every_steps=0, sample_every_steps=0, num_samples=1))
+    # launch.evaluate (starcaster_jax/evaluation): which modes, how many held-out records each.
+    c.eval.modes = ("animate", "synthesize", "novel_view", "multiview", "long_horizon", "motion")
+    c.eval.num_clips = 8           # test clips for animate / synthesize / motion
+    c.eval.num_multiview = 4       # test multi-view sets
+    c.eval.num_novel_view = 4      # test clips re-rendered from an unseen camera path
+    c.eval.long_clips = 1          # long-horizon clips, rendered at evaluation time
+    c.eval.long_seconds = 30.0     # length of each long-horizon clip
+    c.eval.segment_seconds = 5.0   # long-horizon drift curve: one point per segment
+    c.eval.far = 0.01              # identity verification threshold at this false-accept rate
+    c.eval.calib_clips = 0         # held-out clips whose frames calibrate it (0 = all test clips)
+    c.eval.calib_frames = 16       # frames per calibration clip
+    c.eval.synthesize_poses = True  # synthesize along the clip's true poses (else free motion)
+    c.eval.quick_clips = 1         # clips of the training loop's quick held-out evaluation
     c.log = mlc.ConfigDict(dict(every_steps=10, progress=True))
     c.max_wall_minutes = 0.0       # stop (with a checkpoint) after this long, compilation excluded; 0 = no limit
     c.init_from = ""
@@ -205,4 +233,5 @@ def apply_ablation(c: mlc.ConfigDict, name: str) -> mlc.ConfigDict:
         c.lora.enabled = False
     elif name == "no_audio_cfg_dropout":
         c.train.p_drop_audio = 0.0 if c.train.p_drop_audio < 1.0 else 1.0
+        c.train.p_drop_all = 0.0   # the joint drop would drop audio too
     return c

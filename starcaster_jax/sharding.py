@@ -177,8 +177,8 @@ def sequence_parallel_attention(mesh: Mesh, axis: str = "tensor"):
         def local(q, k, v):
             k = jax.lax.all_gather(k, axis, axis=1, tiled=True)
             v = jax.lax.all_gather(v, axis, axis=1, tiled=True)
-            from starcaster_jax.models.attention import dot_product_attention
-            return dot_product_attention(q, k, v)
+            from starcaster_jax.models.attention import dot_product_attention, temporal_implementation
+            return dot_product_attention(q, k, v, implementation=temporal_implementation(None))
 
         return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec)(q, k, v)
 

@@ -1,88 +1,167 @@
-"""Evaluation on the built-in corpus: an oracle that returns the true frames scores the ceiling
-(PSNR capped, SSIM 1, lip/identity scores equal to the ground truth's), a blank generator
-scores far below it, the real generator runs through the same path, and the CLI rejects misuse.
-The evaluator networks are random here: the properties tested do not depend on their training."""
+"""Evaluation on the built-in corpus: ground truth scores the ceiling, copy-reference exactly the
+static answer, the untrained baseline is the config's step-0 model, and ``launch.evaluate``
+prints every mode with every baseline (and compares checkpoints). The evaluator networks are
+random here except in the calibration test: these properties do not depend on their training."""
 from __future__ import annotations
+
+import json
+import os
 
 import numpy as np
 import pytest
 
+import eval_fixtures as F
+from starcaster_jax.evaluation import metrics as M
+from starcaster_jax.evaluation import modes as modes_lib
 from starcaster_jax.evaluation import synthetic as S
-from starcaster_jax.models import builtin_encoders as be
-from starcaster_jax.models.identity.builtin import BuiltinIdentityConfig
-from starcaster_jax.models.lipreading import LipReaderConfig
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from data_pipelines.synthetic import build
-    d = tmp_path_factory.mktemp("corpus_eval")
-    assert build.main(["--out", str(d), "--preset", "tiny", "--workers", "1"]) == 0
-    return str(d)
+def setup(tmp_path_factory):
+    return F.make_all(str(tmp_path_factory.mktemp("eval")))
 
 
 @pytest.fixture(scope="module")
-def evaluators():
-    lip = be.init_params(be.abstract_module("lip_reader", LipReaderConfig(crop_size=16, widths=(8, 16), feature_dim=16)), seed=1)
-    ident = be.init_params(be.abstract_module("builtin_identity", BuiltinIdentityConfig(
-        image_size=32, widths=(8, 16), norm_groups=4)), seed=2)
-    return S.Evaluators(lip=lip, identity=ident)
+def evaluators(setup):
+    ev = S.Evaluators.load(setup["encoders"])
+    ev.calibrate(S.calibration_records(setup["corpus"], setup["config"].eval), resolution=16)
+    return ev
+
+
+@pytest.fixture(scope="module")
+def inputs(setup):
+    return S.load_inputs(setup["corpus"], setup["config"].eval)
 
 
 class Oracle:
-    """Returns the true frames (or a constant grey) for the record it was given."""
+    """Returns the true frames of the record it is asked about (or a constant grey)."""
+    resolution, max_frames, config = 16, 16, None
 
-    def __init__(self, record, resolution=32, blank=False):
-        self.truth = S._resize(record["frames"], resolution)
-        self.resolution, self.blank, self.max_frames = resolution, blank, 16
+    def __init__(self, truth, blank=False):
+        self.truth, self.blank = truth, blank
 
-    def _out(self, frames):
-        return np.full_like(frames, 128) if self.blank else frames
+    def _out(self, f):
+        return np.full_like(f, 128) if self.blank else f
 
-    def video(self, audio, *, reference, poses, seed):
-        assert np.array_equal(reference, self.truth[0]) and len(poses) == len(self.truth)
-        np.testing.assert_allclose(poses[0], [0, 0, 0, 0, 0, 1], atol=1e-6)   # relative to frame 0
+    def video(self, audio, *, reference=None, id_emb=None, poses=None, seed=0):
         yield self._out(self.truth)
 
     def multiview(self, poses, *, reference, seed):
         return self._out(self.truth[1:1 + len(poses)])
 
-
-def test_oracle_scores_the_ceiling_and_blank_scores_below(corpus, evaluators):
-    vid = S.held_out_records(corpus, "video", 1)[0]
-    mv = S.held_out_records(corpus, "multiview", 1)[0]
-    good = S.evaluate_video(Oracle(vid), vid, evaluators)
-    assert good["psnr"] == 100.0 and good["ssim"] == pytest.approx(1.0, abs=1e-5)
-    assert good["lip_acc"] == good["lip_acc_gt"] and good["id_cos"] == pytest.approx(good["id_cos_gt"], abs=1e-6)
-    assert 0 < good["lip_majority"] <= 1
-    bad = S.evaluate_video(Oracle(vid, blank=True), vid, evaluators)
-    assert bad["psnr"] < 25 and bad["ssim"] < 0.9 and bad["id_cos"] < good["id_cos"]
-    g = S.evaluate_multiview(Oracle(mv), mv, evaluators)
-    b = S.evaluate_multiview(Oracle(mv, blank=True), mv, evaluators)
-    assert g["psnr"] == 100.0 and b["psnr"] < 25 and b["ssim"] < g["ssim"]
+    def identity_from_image(self, image):
+        return np.ones(512, np.float32) / np.sqrt(512)
 
 
-def test_held_out_records_are_test_identities(corpus):
-    from data_pipelines.sources import default_spec, make_source
-    train = make_source(default_spec("video", corpus, "train"), "video", split="train", root=corpus)
-    train_ids = {int(train[i]["id_label"]) for i in range(len(train))}
-    recs = S.held_out_records(corpus, "video", 10)
-    assert recs and not {int(r["id_label"]) for r in recs} & train_ids
+def _truth(record):
+    return S.resize_frames(record["frames"], 16)
 
 
-def test_real_generator_through_the_evaluation(corpus, evaluators):
-    from configs import stage2_audio
-    from starcaster_jax.inference import generate as G
-    cfg = stage2_audio.get_config("tiny")
-    cfg.diffusion.sample_steps = 1
-    p = G.random_parts(cfg, seed=0)
-    gen = G.Generator(p.model, p.vae, p.audio_encoder, cfg, identity_fn=p.identity_fn)
-    res = S.evaluate(gen, S.held_out_records(corpus, "video", 1), S.held_out_records(corpus, "multiview", 1),
-                     evaluators)
-    assert res["num_video"] == 1 and res["num_multiview"] == 1
-    assert set(res["video"]) == set(S.VIDEO_METRICS) and set(res["multiview"]) == set(S.MULTIVIEW_METRICS)
-    assert all(np.isfinite(v) for v in list(res["video"].values()) + list(res["multiview"].values()))
-    assert res["video"]["psnr"] < 100 and "video" in S.format_table(res)
+def test_oracle_scores_ground_truth_and_blank_scores_below(inputs, evaluators):
+    cases = [("animate", inputs.video[0], _truth(inputs.video[0])),
+             ("novel_view", inputs.novel_view[0], _truth(inputs.novel_view[0][1])),
+             ("multiview", inputs.multiview[0], _truth(inputs.multiview[0])),
+             ("long_horizon", inputs.long[0], _truth(inputs.long[0]))]
+    for mode, item, truth in cases:
+        good = modes_lib.MODE_FNS[mode]({"model": Oracle(truth)}, item, evaluators).systems
+        assert good["model"] == good["ground_truth"], mode
+        psnr = [v for k, v in good["ground_truth"].items() if k.startswith("psnr")]
+        assert psnr and all(p == M.PSNR_CAP for p in psnr), mode
+        bad = modes_lib.MODE_FNS[mode]({"model": Oracle(truth, blank=True)}, item, evaluators).systems
+        for k, v in bad["model"].items():
+            if k.startswith(("psnr", "ssim")):
+                assert v < good["ground_truth"][k] - (5 if k.startswith("psnr") else 0.1), (mode, k, v)
+
+
+def test_copy_reference_scores_exactly_the_static_answer(inputs, evaluators):
+    rec = inputs.video[0]
+    truth = _truth(rec)
+    static = np.repeat(truth[:1], len(truth), 0)
+    orc = {"model": Oracle(truth, blank=True)}
+    sc = modes_lib.animate(orc, rec, evaluators).systems["copy_reference"]
+    want = M.image_metrics(static, truth)
+    assert sc["psnr"] == want["psnr"] and sc["ssim"] == want["ssim"] and want["psnr"] < M.PSNR_CAP
+    assert sc["id_cos"] == pytest.approx(1.0, abs=1e-5) and sc["id_ver"] == 1.0   # the reference itself
+    mo = modes_lib.motion(orc, rec, evaluators)
+    assert mo.systems["copy_reference"]["pose_std"] == pytest.approx(0.0, abs=1e-6)
+    assert mo.systems["ground_truth"]["pose_std"] > 0.01
+    assert modes_lib.animate(orc, rec, evaluators).systems["majority"]["lip_acc"] == M.majority_fraction(rec["viseme"])
+
+
+def test_untrained_baseline_is_the_step0_model(setup, inputs, evaluators, tmp_path):
+    from starcaster_jax.evaluation import baselines
+    from starcaster_jax.inference.generate import Generator
+    init_wd = F.write_checkpoint(setup["config"], str(tmp_path / "init"), noise=0.0)
+    gen0 = Generator.from_checkpoint(init_wd, need_identity=True)
+    gen1 = Generator.from_checkpoint(setup["workdir"], need_identity=True)
+    u = baselines.untrained_generator(gen1)
+    rec = inputs.video[0]
+    same = modes_lib.animate({"model": gen0, "untrained": u}, rec, evaluators)
+    assert np.array_equal(same.frames["model"], same.frames["untrained"])
+    assert same.systems["model"] == same.systems["untrained"]
+    other = modes_lib.animate({"model": gen1, "untrained": u}, rec, evaluators)
+    assert not np.array_equal(other.frames["model"], other.frames["untrained"])
+
+
+def test_quick_eval_reports_the_model_beside_its_baselines(setup, inputs, evaluators):
+    from starcaster_jax.inference.generate import Generator
+    gen = Generator.from_checkpoint(setup["workdir"], need_identity=True)
+    out = S.quick_eval(gen, inputs.video[:1], evaluators)
+    s = out["scalars"]
+    full = modes_lib.animate({"model": gen}, inputs.video[0], evaluators).systems
+    for k in modes_lib.VIDEO_METRICS:
+        assert s[f"animate/{k}"] == full["model"][k] and s[f"animate/{k}_copy_reference"] == full["copy_reference"][k]
+    assert s["animate/lip_acc_majority"] == full["majority"]["lip_acc"]
+    n = min(8, len(inputs.video[0]["frames"]))
+    assert out["strip"].shape == (2 * 16, n * 16, 3) and out["strip"].dtype == np.uint8
+    np.testing.assert_array_equal(out["strip"][:16, :16], _truth(inputs.video[0])[0])
+
+
+def test_cli_prints_every_mode_with_every_baseline(setup, capsys, tmp_path):
+    from launch import evaluate as cli
+    from starcaster_jax.evaluation import report
+    strip = str(tmp_path / "strip.png")
+    assert cli.main(["--checkpoint", setup["workdir"], "--strip", strip]) == 0
+    out = capsys.readouterr().out
+    for mode in modes_lib.MODES:
+        assert report.MODE_TITLES[mode] in out, mode
+    assert "skipped" not in out
+    header = "| metric | ground truth | copy-reference | untrained | majority | model |"
+    assert out.count(header) == len(modes_lib.MODES)
+    res = json.load(open(os.path.join(setup["workdir"], "eval", "metrics.json")))
+    assert list(res["modes"]) == list(modes_lib.MODES)
+    for mode, sec in res["modes"].items():
+        assert {"ground_truth", "copy_reference", "untrained", "model"} <= set(sec["systems"]), mode
+        for s in ("ground_truth", "copy_reference", "untrained", "model"):
+            assert set(sec["systems"][s]) == set(sec["metrics"]), (mode, s)
+    assert "lip_acc" in res["modes"]["animate"]["systems"]["majority"]
+    long = res["modes"]["long_horizon"]["metrics"]
+    assert [m for m in long if m.startswith("psnr@")] == ["psnr@0-1s", "psnr@1-2s"]      # 2 s, 1 s segments
+    from starcaster_jax.media.video import load_image
+    img = load_image(strip)
+    assert img.shape[0] == 2 * 16 * len(modes_lib.MODES)
+
+
+def test_compare_tabulates_checkpoints_and_rejects_other_clips(setup, capsys, tmp_path):
+    from launch import evaluate as cli
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    F.write_checkpoint(setup["config"], a, noise=0.05)
+    F.write_checkpoint(setup["config"], b, noise=0.0)        # b IS the untrained model
+    flags = ["--modes", "animate,multiview"]
+    assert cli.main(["--compare", a, b] + flags) == 0
+    out = capsys.readouterr().out
+    rows = [ln.split(" | ") for ln in out.splitlines() if ln.startswith("| animate") or ln.startswith("| multiview")]
+    assert len(rows) == len(modes_lib.VIDEO_METRICS) + len(modes_lib.MULTIVIEW_METRICS)
+    # columns: mode, metric, ground truth, copy-reference, majority, untrained (a), a, b
+    assert all(r[5] == r[7].rstrip(" |") for r in rows)        # b's model column == the untrained
+    assert any(r[6] != r[5] for r in rows)
+    path = os.path.join(b, "eval", "metrics.json")          # stored: compare reads it back
+    res = json.load(open(path))
+    res["modes"]["animate"]["systems"]["copy_reference"]["psnr"] += 1.0   # as if other clips
+    json.dump(res, open(path, "w"))
+    capsys.readouterr()
+    assert cli.main(["--compare", a, b] + flags) == 2
+    assert "differs" in capsys.readouterr().err
 
 
 def test_cli_misuse_exits_2(tmp_path, capsys):
@@ -90,6 +169,8 @@ def test_cli_misuse_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([])
     assert e.value.code == 2
-    assert cli.main(["--checkpoint", str(tmp_path), "--num_clips", "0", "--num_multiview", "0"]) == 2
     assert cli.main(["--checkpoint", str(tmp_path / "nope")]) == 2
     assert "no such training workdir" in capsys.readouterr().err
+    assert cli.main(["--compare", str(tmp_path / "nope")]) == 2
+    assert cli.main(["--compare", str(tmp_path), "--out", "x.json"]) == 2
+    assert capsys.readouterr().err.count("error:") == 2

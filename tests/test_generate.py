@@ -9,8 +9,6 @@ hands the model.
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +16,17 @@ import numpy as np
 import pytest
 import soundfile
 from flax import nnx
+import ml_collections as mlc
 from starcaster_jax.models.rngs import InitRngs
 
 from configs import stage2_audio
 from data_pipelines import schema
 from starcaster_jax.inference import generate as G
 from starcaster_jax.inference import views
+from starcaster_jax.models import builtin_encoders as be
+from starcaster_jax.models.identity.builtin import BuiltinIdentityConfig, BuiltinIdentityEncoder
+from starcaster_jax.training import checkpoint as ck
+from starcaster_jax.training.state import TrainState
 
 SR = 16000
 CALLS: list[dict] = []  # one entry per model evaluation, appended by Spy
@@ -403,46 +406,13 @@ def test_cli_bad_inputs_exit_2(cli, tmp_path, capsys):
     assert not (tmp_path / "o.mp4").exists()
 
 
-def test_cli_checkpoint_problems_exit_2(cfg, tmp_path, monkeypatch, capsys):
-    """Checkpoint/config mismatch and a missing workdir, through the real loading path (with a
-    stand-in for ``training.checkpoint`` so it runs before that module lands)."""
-    from launch import generate as cli_mod
-    wav = _wav(tmp_path / "ok.wav", speechlike(0.5))
-    emb = tmp_path / "id.npy"
-    np.save(emb, np.ones(512, np.float32))
-    fake = types.ModuleType("starcaster_jax.training.checkpoint")
-    args = ["--identity", str(emb), "--audio", wav, "--out", str(tmp_path / "o.mp4"), "--quiet"]
-
-    def mismatching(path, use_ema=True):
-        raise ValueError("checkpoint does not match the config: unet.block_out_channels (32, 64) vs (64, 128)\nmore")
-    fake.load_for_inference = mismatching
-    monkeypatch.setitem(sys.modules, "starcaster_jax.training.checkpoint", fake)
-    cases = [(["--checkpoint", str(tmp_path / "missing")], "no such training workdir"),
-             (["--checkpoint", str(tmp_path)], "does not match the config")]
-    for extra, msg in cases:
-        assert cli_mod.main(extra + args) == 2
-        err = capsys.readouterr().err.strip()
-        assert msg in err and len(err.splitlines()) == 1, err
-    # an explicit --config whose model differs from the stored one
-    fake.load_for_inference = lambda path, use_ema=True: (None, cfg)
-    assert cli_mod.main(["--checkpoint", str(tmp_path), "--config", "configs/stage2_audio.py:demo"] + args) == 2
-    err = capsys.readouterr().err
-    assert "does not match --config: model." in err, err
-
-
-def test_cli_smoke_with_a_real_checkpoint(cfg, parts, tmp_path, capsys):
-    """The generate CLI at `tiny` end to end from disk: an Orbax training workdir (the trainer's
-    ``Checkpointer``) and an encoders directory (``builtin_encoders.save``), animate mode."""
-    ck = pytest.importorskip("starcaster_jax.training.checkpoint")
-    be = pytest.importorskip("starcaster_jax.models.builtin_encoders")
-    from starcaster_jax.training.state import TrainState
-    import ml_collections as mlc
-
-    from launch import generate as cli_mod
-    from starcaster_jax.media import read_video, save_image
-    from starcaster_jax.models.identity.builtin import BuiltinIdentityConfig, BuiltinIdentityEncoder
+def _write_workdir(tmp_path, cfg, parts, name="work", **model_over):
+    """An Orbax training workdir (the trainer's ``Checkpointer``) holding ``parts.model``'s params,
+    its stored config ``cfg`` (with ``model_over`` applied to ``model.unet``) and an encoders
+    directory (``builtin_encoders.save``)."""
     c = mlc.ConfigDict(cfg.to_dict())
     c.model.encoders_dir = str(tmp_path / "encoders")
+    c.model.unet.update(model_over)
     be.save(c.model.encoders_dir, "vae", parts.vae, None, None)
     be.save(c.model.encoders_dir, "audio", parts.audio_encoder, None, None)
     ident = G.random_module(lambda: BuiltinIdentityEncoder(BuiltinIdentityConfig(), rngs=InitRngs(0)), 4)
@@ -450,14 +420,44 @@ def test_cli_smoke_with_a_real_checkpoint(cfg, parts, tmp_path, capsys):
     params = {"model": nnx.to_pure_dict(nnx.state(parts.model, nnx.Param))}
     state = TrainState(step=jnp.int32(1), params=params, opt_state={}, ema=params,
                        rng=jnp.zeros((2,), jnp.uint32), skipped=jnp.int32(0))
-    saver = ck.Checkpointer(str(tmp_path / "work"), mlc.ConfigDict(dict(keep=1, async_save=False)),
+    saver = ck.Checkpointer(str(tmp_path / name), mlc.ConfigDict(dict(keep=1, async_save=False)),
                             enable_data=False)
     saver.save(1, state, c, force=True)
     saver.close()
+    return str(tmp_path / name)
 
+
+def test_cli_checkpoint_problems_exit_2(cfg, parts, tmp_path, capsys):
+    """A missing workdir, a checkpoint whose params do not fit its own stored config, and an
+    explicit --config whose model differs from the stored one: one line each, exit 2, through
+    the real loading path (``training.checkpoint.load_for_inference``)."""
+    from launch import generate as cli_mod
+    wav = _wav(tmp_path / "ok.wav", speechlike(0.5))
+    emb = tmp_path / "id.npy"
+    np.save(emb, np.ones(512, np.float32))
+    args = ["--identity", str(emb), "--audio", wav, "--out", str(tmp_path / "o.mp4"), "--quiet"]
+    good = _write_workdir(tmp_path, cfg, parts)
+    wider = tuple(2 * c for c in cfg.model.unet.block_out_channels)
+    bad = _write_workdir(tmp_path, cfg, parts, name="bad", block_out_channels=wider)
+    cases = [(["--checkpoint", str(tmp_path / "missing")], "no such training workdir"),
+             (["--checkpoint", bad], "the config expects"),
+             (["--checkpoint", good, "--config", "configs/stage2_audio.py:demo"], "does not match --config: model.")]
+    for extra, msg in cases:
+        assert cli_mod.main(extra + args) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert msg in err and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_cli_smoke_with_a_real_checkpoint(cfg, parts, tmp_path, capsys):
+    """The generate CLI at `tiny` end to end from disk: an Orbax training workdir (the trainer's
+    ``Checkpointer``) and an encoders directory (``builtin_encoders.save``), animate mode."""
+    from launch import generate as cli_mod
+    from starcaster_jax.media import read_video, save_image
+    work = _write_workdir(tmp_path, cfg, parts)
     ref = save_image(str(tmp_path / "ref.png"), reference_image(9))
     out = str(tmp_path / "o.mp4")
-    rc = cli_mod.main(["--checkpoint", str(tmp_path / "work"), "--reference", ref, "--audio",
+    rc = cli_mod.main(["--checkpoint", work, "--reference", ref, "--audio",
                        _wav(tmp_path / "a.wav", speechlike(0.24)), "--out", out, "--quiet"])
     assert rc == 0, capsys.readouterr().err
     assert capsys.readouterr().out.strip() == out

@@ -28,6 +28,8 @@ from data_pipelines.sources import make_source
 RES, CLIP = 64, 10  # ingestion resolution and clip length used by the tests
 W, H = 160, 128  # source video size
 BURST = (0.5, 0.7)  # seconds of the 440 Hz tone
+ONE_PROCESS = ("--direct_running_mode", "in_memory")  # Beam's single-process DirectRunner
+DETECT = ("--detect_side", "144")  # detect on shrunk frames, as for HD sources
 
 
 def grey_of(j: int) -> int:
@@ -90,6 +92,8 @@ VIDEO_CASES = {
     "leaving.mp4": (lambda p: write_video(p, 45, frame_fn=leaving_frame), "skipped",
                     "face_left_frame"),
     "vid\u00e9o.mp4": (lambda p: write_video(p, 45), "skipped", "non_ascii_name"),
+    "photo.mp4": (lambda p: cv2.imwrite(str(p) + ".png", face_frame(0)) and
+                  os.replace(str(p) + ".png", p), "skipped", "unreadable"),  # a PNG named .mp4
 }
 
 
@@ -104,12 +108,8 @@ def ingested(tmp_path_factory):
     (src / "truncated.mov").write_bytes(good[: len(good) // 2])
     (src / "notes.txt").write_text("not a video: ignored")
     out = tmp_path_factory.mktemp("out")
-    side, videos.DETECT_SIDE = videos.DETECT_SIDE, 144  # detect on shrunk frames, as for HD
-    try:
-        rc = videos.main(["--src", str(src), "--out", str(out), "--clip_frames", str(CLIP),
-                          "--resolution", str(RES), "--quiet"])
-    finally:
-        videos.DETECT_SIDE = side
+    rc = videos.main(["--src", str(src), "--out", str(out), "--clip_frames", str(CLIP),
+                      "--resolution", str(RES), "--quiet", *DETECT, *ONE_PROCESS])
     report = json.load(open(out / "ingest_report.json"))
     by_path = {e["path"]: e for e in report["inputs"]}
     return {"src": src, "out": out, "rc": rc, "report": report, "by_path": by_path,
@@ -140,7 +140,9 @@ def test_run_finishes_and_lists_every_input(ingested):
             want[reason] = want.get(reason, 0) + 1
     assert c["reasons"] == want
     assert set(rep["reasons"]) == set(common.REASONS)
-    assert rep["shards"] == ["video-train-00000.array_record"]
+    # one or more shards per Beam bundle, renamed in sequence; nothing else left in --out
+    assert rep["shards"] == [f"video-train-{i:05d}.array_record" for i in range(len(rep["shards"]))]
+    assert sorted(os.listdir(ingested["out"])) == sorted(rep["shards"] + ["ingest_report.json"])
 
 
 @pytest.mark.parametrize("name", sorted(VIDEO_CASES))
@@ -227,7 +229,7 @@ def test_identity_labels_from_top_folder(ingested):
     assert rep["identities"] == {n: i for i, n in enumerate(sorted(
         ["alice", "bob", "carol_rotated", "empty", "garbage", "truncated", "audio_only",
          "silent", "short", "vfr", "slow_10fps", "noface", "two_faces", "leaving",
-         "vid\u00e9o"]))}
+         "vid\u00e9o", "photo"]))}
     bob = {r["id_label"] for r in records_of(ingested, "bob/good.mkv")}
     assert bob == {rep["identities"]["bob"]}
 
@@ -251,11 +253,55 @@ def test_ingested_shards_feed_the_train_pipeline(ingested):
         (2, 5, 32, 32, 3)
 
 
+def test_two_worker_pipeline_writes_the_same_records_and_report(ingested, tmp_path):
+    """Beam's DirectRunner in multi_processing mode, 2 workers, over the same folder of good
+    and bad inputs: the same records (as a set, byte for byte) and the same report entries
+    as the single-process run; the bad inputs are reported, the pipeline does not fail."""
+    out = tmp_path / "out2"
+    rc = videos.main(["--src", str(ingested["src"]), "--out", str(out), "--clip_frames",
+                      str(CLIP), "--resolution", str(RES), "--quiet", *DETECT,
+                      "--direct_running_mode", "multi_processing", "--direct_num_workers", "2",
+                      "--records_per_shard", "2"])
+    assert rc == 0
+    two = read_records(out, "video")
+    one = ingested["records"]
+    assert sorted(two) == sorted(one)
+    for k in one:
+        assert schema.encode(two[k]) == schema.encode(one[k]), k
+    rep = json.load(open(out / "ingest_report.json"))
+    assert rep["inputs"] == ingested["report"]["inputs"]
+    assert rep["counts"] == ingested["report"]["counts"]
+    assert len(rep["shards"]) >= len(one) // 2  # records_per_shard 2
+    assert sorted(os.listdir(out)) == sorted(rep["shards"] + ["ingest_report.json"])
+
+
+def test_an_unexpected_error_is_reported_not_raised(tmp_path, monkeypatch):
+    """A bug on one input (here: the decoder raising a plain RuntimeError) is an
+    internal_error entry; the other inputs are still ingested."""
+    src = tmp_path / "src"
+    write_video(src / "a.mp4", 45) if os.makedirs(src) is None else None
+    write_video(src / "b.mp4", 45)
+    real = videos.decode_audio
+
+    def flaky(path):
+        if path.endswith("b.mp4"):
+            raise RuntimeError("boom")
+        return real(path)
+
+    monkeypatch.setattr(videos, "decode_audio", flaky)
+    rc = videos.main(["--src", str(src), "--out", str(tmp_path / "o"), "--clip_frames",
+                      str(CLIP), "--resolution", "32", "--quiet", *ONE_PROCESS])
+    rep = json.load(open(tmp_path / "o" / "ingest_report.json"))
+    by = {e["path"]: e for e in rep["inputs"]}
+    assert rc == 0 and by["a.mp4"]["status"] == "ok" and by["a.mp4"]["records"] == 3
+    assert by["b.mp4"]["reason"] == "internal_error" and "boom" in by["b.mp4"]["message"]
+
+
 def test_nothing_usable_exits_1_with_a_report(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "empty.mp4").write_bytes(b"")
-    rc = videos.main(["--src", str(src), "--out", str(tmp_path / "out"), "--quiet"])
+    rc = videos.main(["--src", str(src), "--out", str(tmp_path / "out"), "--quiet", *ONE_PROCESS])
     assert rc == 1
     rep = json.load(open(tmp_path / "out" / "ingest_report.json"))
     assert rep["counts"]["reasons"] == {"empty_file": 1} and rep["counts"]["records"] == 0
@@ -299,7 +345,7 @@ def test_rerun_refuses_to_mix_shards_unless_overwrite(ingested, tmp_path):
         videos.main(["--src", str(src / "bob"), "--out", str(out), "--quiet"])
     assert e.value.code == 2
     rc = videos.main(["--src", str(src / "bob"), "--out", str(out), "--quiet", "--overwrite",
-                      "--clip_frames", str(CLIP), "--resolution", "32"])
+                      "--clip_frames", str(CLIP), "--resolution", "32", *ONE_PROCESS])
     assert rc == 0 and sorted(os.listdir(out)) == ["ingest_report.json",
                                                    "video-train-00000.array_record"]
 
@@ -393,7 +439,8 @@ def mv(tmp_path_factory):
     for name, (kw, _, _) in MV_CASES.items():
         _capture(src, name, **kw)
     out = tmp_path_factory.mktemp("mvout")
-    rc = multiview.main(["--src", str(src), "--out", str(out), "--resolution", "32", "--quiet"])
+    rc = multiview.main(["--src", str(src), "--out", str(out), "--resolution", "32", "--quiet",
+                         *ONE_PROCESS])
     rep = json.load(open(out / "ingest_report.json"))
     return {"rc": rc, "report": rep, "src": src, "out": out,
             "records": read_records(out, "multiview")}
@@ -443,3 +490,74 @@ def test_multiview_shards_feed_the_mixture(mv, ingested):
         if int(b["stream"][0]) == 1:
             assert b["frames"].shape == (2, 3, 32, 32, 3) and b["pose_valid"].all()
     assert streams == {0, 1}
+
+
+# ------------------------------------------------------------------------------ ArcFace
+def _random_arcface_onnx(path, dim=512):
+    """A random-weight model with the insightface ArcFace layout: [N,3,112,112] -> [N,dim]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.1, (16, 3, 8, 8)).astype(np.float32), "w")
+    g = numpy_helper.from_array(rng.normal(0, 0.1, (16 * 49, dim)).astype(np.float32), "g")
+    nodes = [helper.make_node("Conv", ["data", "w"], ["c"], strides=[16, 16]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("MatMul", ["f", "g"], ["fc1"])]
+    graph = helper.make_graph(nodes, "arcface", [helper.make_tensor_value_info(
+        "data", TensorProto.FLOAT, ["N", 3, 112, 112])], [helper.make_tensor_value_info(
+            "fc1", TensorProto.FLOAT, ["N", dim])], [w, g])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_arcface_embedding_equals_onnxruntime_on_the_aligned_crop(tmp_path):
+    import onnxruntime as ort
+
+    from data_pipelines.ingest import arcface
+
+    model_path = tmp_path / "arcface.onnx"
+    _random_arcface_onnx(model_path)
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)
+    # the face's 5 points: the template rotated by 10 deg, scaled by 1.7, moved
+    a = np.radians(10)
+    rot = 1.7 * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    pts = (arcface.ARCFACE_DST @ rot.T + [40, 60]).astype(np.float32)
+    # the aligned crop, independently: the exact inverse similarity, bilinear
+    inv = np.linalg.inv(rot)
+    m = np.concatenate([inv, (-inv @ [40, 60])[:, None]], 1)
+    crop = cv2.warpAffine(img, m, (112, 112), borderValue=0.0)
+    np.testing.assert_allclose(arcface.alignment(pts), m, atol=1e-3)
+    assert np.abs(arcface.norm_crop(img, pts).astype(float) - crop).mean() < 0.5
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    x = ((crop.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)[None]
+    want = sess.run(None, {"data": x})[0][0]
+    want /= np.linalg.norm(want)
+    model = arcface.ArcFace(str(model_path))
+    np.testing.assert_allclose(model.embed_crops(crop[None])[0], want, atol=1e-6)
+    got = model.embed(img, pts)
+    assert got.shape == (512,) and float(got @ want) > 0.99
+
+
+def test_arcface_flag_fills_the_embedding_and_the_valid_flag(ingested, tmp_path):
+    model_path = tmp_path / "arcface.onnx"
+    _random_arcface_onnx(model_path)
+    out = tmp_path / "o"
+    rc = videos.main(["--src", str(ingested["src"] / "alice"), "--out", str(out),
+                      "--clip_frames", str(CLIP), "--resolution", str(RES), "--quiet",
+                      "--arcface", str(model_path), *DETECT, *ONE_PROCESS])
+    assert rc == 0
+    recs = read_records(out, "video")
+    from data_pipelines.ingest import arcface
+
+    model = arcface.ArcFace(str(model_path))
+    for r in recs.values():
+        schema.validate(r)
+        assert r["id_vector_valid"] and r["id_embedding"].shape == (512,)
+        assert abs(np.linalg.norm(r["id_embedding"]) - 1) < 1e-5
+        # taken from the reference (first) frame: not the embedding of another frame's crop
+        assert np.isfinite(r["id_embedding"]).all()
+    without = records_of(ingested, "alice/good.mp4")
+    assert all(not r["id_vector_valid"] and r["id_embedding"].shape == (0,) for r in without)
+    del model

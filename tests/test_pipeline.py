@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import schema, sources, transforms as T
+from data_pipelines.synthetic import tfds_builder as tb
 from data_pipelines.pipeline import STREAM_IDS, make_train_iterator, to_global_batch
 
 RES = 16
@@ -301,7 +302,6 @@ def test_multiprocess_prefetch_matches_in_process(corpus):
 def test_builtin_corpus_tfds_builder(tmp_path):
     """The real thing: the built-in corpus' TFDS builder (tiny preset, ArrayRecord shards),
     found from ``data.root`` and read at splits ``train_video`` / ``train_multiview``."""
-    tb = pytest.importorskip("data_pipelines.synthetic.tfds_builder")
     builder = tb.build(str(tmp_path / "tfds"), tb.make_config("tiny"))
     res = builder.builder_config.resolution
     c = dict(batch_size=2, num_frames=4, context_frames=1, num_views=4, resolution=res,

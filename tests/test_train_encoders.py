@@ -16,6 +16,7 @@ from starcaster_jax.models import builtin_encoders as be
 from starcaster_jax.models.audio.builtin import BuiltinAudioEncoder
 from starcaster_jax.models.identity.builtin import BuiltinIdentityEncoder
 from starcaster_jax.models.lipreading import LipReader, lip_features
+from starcaster_jax.models.pose_regressor import PoseRegressor
 from starcaster_jax.models.vae import AutoencoderKL
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +58,7 @@ _outputs = {
     BuiltinAudioEncoder: lambda m, fr, bx, au: (nnx.jit(lambda m, a: m.encode(a))(m, au),),
     BuiltinIdentityEncoder: lambda m, fr, bx, au: (nnx.jit(be.identity_embedding)(m, fr[:, 0]),),
     LipReader: lambda m, fr, bx, au: (nnx.jit(lip_features)(m, fr, bx),),
+    PoseRegressor: lambda m, fr, bx, au: (nnx.jit(lambda m, x: m(x))(m, fr[:, 0]),),
 }
 
 

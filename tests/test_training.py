@@ -92,17 +92,101 @@ def test_lora_starts_at_the_base_model_and_merges_exactly():
         lora_lib.init_lora(base, r"nothing", 2, jax.random.key(0))
 
 
-def test_ablations_change_what_they_say():
-    for name in common.ABLATIONS:
-        for stage in (stage1_motion, stage2_audio, stage3_views):
-            c = stage.get_config(f"micro,ablation={name}")
-            assert c.ablation == name
-    assert stage2_audio.get_config("micro,ablation=no_lip_loss").train.lip_weight == 0
-    assert not stage2_audio.get_config("micro,ablation=no_self_forcing").self_forcing.enabled
-    assert stage2_audio.get_config("micro,ablation=strict_reference").train.strict_reference
-    assert not stage2_audio.get_config("micro,ablation=no_view_embedding").train.use_view
-    assert not stage3_views.get_config("micro,ablation=full_finetune_stage3").lora.enabled
-    assert stage2_audio.get_config("micro,ablation=no_audio_cfg_dropout").train.p_drop_audio == 0
+class _Recorder:
+    """Stand-in denoiser for the ablation test: records what the loss hands it and predicts a
+    constant plus the (undropped) view, so the loss depends on the pose exactly when the view
+    reaches the model."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, x, t, **kw):
+        self.seen.append(kw)
+        pred = jnp.zeros_like(x) + 0.1
+        if kw.get("view") is not None:
+            gate = 1.0 - jnp.asarray(kw["drop_view"], jnp.float32)                     # [B]
+            pred = pred + (gate[:, None] * kw["view"].mean(-1))[:, :, None, None, None]
+        return pred
+
+
+def _ablation_batch(c, b, seed=0):
+    t = int(c.data.num_frames) + int(c.data.context_frames)
+    r, w = int(c.data.resolution), int(c.model.audio.window)
+    rng = np.random.default_rng(seed)
+    pose = np.zeros((b, t, 6), np.float32)
+    pose[..., 0] = rng.uniform(-0.5, 0.5, (b, t))
+    pose[..., 5] = 1.0
+    return dict(stream=np.zeros(b, np.int32), frames=rng.uniform(-1, 1, (b, t, r, r, 3)).astype(np.float32),
+                audio=rng.normal(0, 0.1, (b, (t + 2 * w) * 640)).astype(np.float32), pose=pose,
+                pose_valid=np.ones(b, bool),
+                mouth_box=np.tile(np.array([r * .3, r * .6, r * .7, r * .8], np.float32), (b, t, 1)),
+                identity=rng.normal(size=(b, 48)).astype(np.float32),
+                id_vector=rng.normal(size=(b, 48)).astype(np.float32))
+
+
+@pytest.mark.slow  # eager losses on the real frozen micro nets (~70 s on 2 shared cores): `make test-slow`
+def test_ablations_change_what_the_step_does():
+    """Each ablation's effect on the video step's loss and on what it feeds the model (a
+    recording stand-in denoiser, the real frozen networks at ``micro``), and on the step
+    dispatch, against the full method; not the config flags read back."""
+    from types import SimpleNamespace
+
+    from starcaster_jax.training import losses as L
+    from starcaster_jax.training.frozen import build_frozen
+    from starcaster_jax.training.self_forcing import SelfForcingConfig
+    from starcaster_jax.training.step import Trainer
+    b, draws = 16, 3
+    base = stage2_audio.get_config("micro")
+    nets = build_frozen(base)         # ablations change no frozen network
+    batch = {k: jnp.asarray(v) for k, v in _ablation_batch(base, b).items()}
+    turned = dict(batch, pose=batch["pose"].at[..., 0].multiply(-1.0).at[..., 1].add(0.3))
+    k = int(base.data.context_frames)
+    out = {}
+    for name in ("none", "no_lip_loss", "strict_reference", "no_view_embedding", "no_audio_cfg_dropout"):
+        c = stage2_audio.get_config(f"micro,ablation={name}")
+        if name not in ("none", "no_lip_loss"):
+            c.train.lip_weight = 0.0          # the lip path is what those two compare; skip its cost
+        lc = L.LossConfig.from_config(c)
+        rec = _Recorder()
+        runs = [L.video_loss(rec, nets, batch, jax.random.key(s), lc) for s in range(draws)]
+        turned_loss = (float(L.video_loss(_Recorder(), nets, turned, jax.random.key(0), lc)[0])
+                       if name in ("none", "no_view_embedding") else None)
+        cm = np.stack([np.asarray(kw["context_mask"]) for kw in rec.seen])               # [draws, B, T]
+        out[name] = dict(
+            metrics=[{m: float(v) for m, v in r[1].items()} for r in runs], loss=[float(r[0]) for r in runs],
+            turned=turned_loss, context_on=cm[:, :, :k].all(-1), context_off_rest=~cm[:, :, k:].any(),
+            drop_id=np.stack([np.asarray(kw["drop_id"]) for kw in rec.seen]),
+            drop_audio=np.stack([np.asarray(kw["drop_audio"]) for kw in rec.seen]),
+            views=[kw["view"] for kw in rec.seen])
+    full = out["none"]
+    # the full method: lip loss on, context and identity dropped at times, the pose given
+    for m, loss in zip(full["metrics"], full["loss"]):
+        assert "lip" in m and loss == pytest.approx(m["diffusion"] + base.train.lip_weight * m["lip"], rel=1e-5)
+    assert full["context_on"].any() and not full["context_on"].all() and full["context_off_rest"]
+    assert full["drop_id"].any() and not full["drop_id"].all()
+    assert full["drop_audio"].any()
+    for v in full["views"]:
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(batch["pose"]))
+    assert full["turned"] != pytest.approx(full["loss"][0], rel=1e-6)             # the pose matters
+    # no_lip_loss: no lip term at all, the loss is the diffusion loss
+    for m, loss in zip(out["no_lip_loss"]["metrics"], out["no_lip_loss"]["loss"]):
+        assert "lip" not in m and loss == m["diffusion"]
+    # strict_reference: identity always dropped, the reference context always on
+    assert out["strict_reference"]["drop_id"].all() and out["strict_reference"]["context_on"].all()
+    # no_view_embedding: the model never sees the pose, and the loss ignores it
+    assert all(v is None for v in out["no_view_embedding"]["views"])
+    assert out["no_view_embedding"]["turned"] == pytest.approx(out["no_view_embedding"]["loss"][0], rel=1e-6)
+    # no_audio_cfg_dropout: audio never dropped (the full method drops it above)
+    assert not out["no_audio_cfg_dropout"]["drop_audio"].any()
+    # no_self_forcing: the dispatch never picks the self-forcing step (the full method does)
+    picks = {}
+    for name in ("none", "no_self_forcing"):
+        c = stage2_audio.get_config(f"micro,ablation={name}")
+        fake = SimpleNamespace(config=c, sf=SelfForcingConfig.from_config(c))
+        picks[name] = {Trainer.kind_for(fake, {"stream": np.zeros(1, np.int32)}, s) for s in range(64)}
+    assert picks["none"] == {"video", "video_sf"} and picks["no_self_forcing"] == {"video"}
+    # full_finetune_stage3 (no LoRA, every weight trained) is checked on a built Trainer in
+    # test_every_ablation_builds_its_steps.
     with pytest.raises(ValueError, match="ablation 'nope'"):
         stage2_audio.get_config("micro,ablation=nope")
 
@@ -370,3 +454,85 @@ def test_sharded_step_equals_unsharded(corpus):
     # fraction of one update (lr = 1e-3), so compare params at a small fraction of lr.
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
         np.testing.assert_allclose(a, b, rtol=0, atol=5e-5)
+
+
+@pytest.mark.slow  # a stage-3 Trainer, two steps and an export compile (~1-2 min): `make test-slow`
+def test_lora_round_trip_restore_init_from_and_export_equal_the_trainers_model(tmp_path):
+    """Stage 3 trains LoRA adapters; the restored model (``load_for_inference``), the next
+    stage's ``init_from`` params (``restore_params``) and the exported/served chunk all equal the
+    trainer's merged model — and visibly differ from the base without the adapters, so a restore
+    or export that drops them fails here. The model starts from random-filled params (every path
+    live: the zero-initialised ``proj_out`` would hide the temporal kernels the adapters target)."""
+    from flax import nnx
+    from starcaster_jax.inference import export as E
+    from starcaster_jax.inference import generate as G
+    from starcaster_jax.inference import serve as S
+    from starcaster_jax.models.rngs import InitRngs
+    from starcaster_jax.models.starcaster import STARCaster
+    from starcaster_jax.sharding import make_mesh
+    from starcaster_jax.training.checkpoint import Checkpointer, load_for_inference, restore_params
+    from starcaster_jax.training.frozen import merge_frozen
+    from starcaster_jax.training.optim import tree_paths
+    from starcaster_jax.training.step import Trainer
+    c = micro(stage3_views, lr=1e-2)
+    c.self_forcing.enabled = False
+    c.train.lip_weight = 0.0
+    c.diffusion.sample_steps = 2
+    c.ckpt.async_save = False
+    tr = Trainer(c, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
+    assert tr.lora is not None
+    live = nnx.to_pure_dict(nnx.state(G.random_module(lambda: STARCaster(c.model, rngs=InitRngs(0)), 3), nnx.Param))
+    state = tr.init_state(jax.device_put(live, tr.mdef.param_shardings))
+    for kind in ("multiview", "video"):
+        state, m = tr.step(state, fake_batch(tr, kind), kind)
+        assert float(m["update_skipped"]) == 0.0
+    params = jax.device_get(state.params)
+    merged = lora_lib.merge(params["model"], params["lora"], tr.lora_scale)
+    flat = lambda t: dict(zip(tree_paths(t), jax.tree.leaves(t)))  # noqa: E731
+    f_live, f_base, f_merged = flat(live), flat(params["model"]), flat(merged)
+    targets = lora_lib.target_paths(params["model"], tr.lora["targets"])
+    assert targets
+    moved = [k for k in targets if not np.allclose(f_merged[k], f_live[k], rtol=0, atol=1e-6)]
+    assert moved, "no adapter target changed"
+    for k in targets:                                   # the base of a target is frozen: only A @ B moved it
+        np.testing.assert_array_equal(f_base[k], f_live[k])
+
+    ck = Checkpointer(str(tmp_path / "s3"), c.ckpt, enable_data=False)
+    ck.save(int(state.step), state, c, force=True)
+    ck.close()
+    restored, _, _ = restore_params(str(tmp_path / "s3"), use_ema=False)          # what init_from reads
+    f_restored = flat(restored)
+    assert f_restored.keys() == f_merged.keys()
+    for k in f_merged:
+        np.testing.assert_allclose(f_restored[k], f_merged[k], rtol=0, atol=0, err_msg=k)
+    model, _ = load_for_inference(str(tmp_path / "s3"), use_ema=False)
+
+    b, f, r = 1, int(c.data.num_frames) + int(c.data.context_frames), int(c.data.resolution)
+    rng = np.random.default_rng(1)
+    nets = merge_frozen(tr.frozen_graphdefs, tr.frozen_states)
+    h = r // nets["vae"].config.downsample_factor
+    x = jnp.asarray(rng.normal(size=(b, f, h, h, nets["vae"].config.latent_channels)), jnp.float32)
+    t = jnp.full((b, f), 300.0)
+    view = jnp.asarray(np.tile([0.2, -0.1, 0, 0, 0, 1.0], (b, f, 1)), jnp.float32)
+    fwd = nnx.jit(lambda m: m(x, t, id_emb=jnp.ones((b, 512)) / np.sqrt(512), view=view))
+    want = np.asarray(fwd(tr.model_from(state.params)))
+    np.testing.assert_allclose(np.asarray(fwd(model)), want, rtol=1e-5, atol=1e-6)
+    no_adapters = np.asarray(fwd(tr.mdef.module(params["model"])))
+    gap = np.abs(no_adapters - want).max()
+    assert gap > 1e3 * 1e-6, f"the adapters change the output by only {gap}"   # the check above has teeth
+
+    # export: the served chunk of the restored model == the trainer's merged model's chunk
+    settings = G.SamplingSettings(sampler="ddim", steps=2, id_cfg=1.5, audio_cfg=2.0)
+    gen_trainer = G.Generator(tr.model_from(state.params), nets["vae"], nets["audio"], c)
+    gen_restored = G.Generator(model, nets["vae"], nets["audio"], c)
+    E.export_generator(gen_restored, str(tmp_path / "art"), settings=settings, dtype="float32")
+    server = S.Server(str(tmp_path / "art"))
+    slots, w = gen_trainer.chunk_frames, gen_trainer.audio_window
+    audio = jnp.asarray(rng.normal(0, 0.1, ((slots + 2 * w) * 640,)), jnp.float32)[None]
+    args = [audio, jnp.zeros((1, slots) + gen_trainer.latent_shape), jnp.zeros((1, slots), bool),
+            view[:, :slots], jnp.zeros((1,), bool)]
+    emb = jnp.ones((1, 512)) / np.sqrt(512)
+    ours = np.asarray(server._call("chunk", *args, emb, jnp.int32(4), jnp.int32(0)))
+    theirs = np.asarray(gen_trainer._chunk_fn(settings, slots, True, True)(
+        gen_trainer._states(), *args, emb, jax.random.fold_in(jax.random.key(4), 0)))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)

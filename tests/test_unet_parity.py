@@ -85,8 +85,25 @@ def test_unet_motion_parity(tmp_path):
     assert err <= 1e-4
 
 
+def _our_params(model):
+    """Dotted path -> numpy value of every ``nnx.Param``."""
+    return {".".join(str(k) for k in p): np.asarray(v.get_value())
+            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def _diffusers_to_ours(key: str, ours: dict) -> str:
+    """diffusers motion-module parameter name -> our path (Linear weight -> kernel, norm weight -> scale)."""
+    k = key.replace(".to_out.0.", ".to_out.").replace(".ff.net.0.proj.", ".ff.geglu.proj.").replace(".ff.net.2.", ".ff.out.")
+    if k.endswith(".weight"):
+        stem = k[:-len(".weight")]
+        return f"{stem}.scale" if f"{stem}.scale" in ours else f"{stem}.kernel"
+    return k
+
+
 def test_motion_adapter_import_into_spatial_model(tmp_path):
-    """A MotionAdapter checkpoint fills exactly the temporal blocks of an existing model."""
+    """A MotionAdapter checkpoint fills exactly the temporal blocks of an existing model: every
+    adapter tensor lands on its parameter (Linear weights transposed), every motion-module
+    parameter of ours (except STARCaster's own view layers) is covered, nothing else changes."""
     ref = _motion_ref()
     _randomize(ref, seed=2)
     adapter = diffusers.MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1,
@@ -94,14 +111,25 @@ def test_motion_adapter_import_into_spatial_model(tmp_path):
                                       motion_max_seq_length=16, use_motion_mid_block=True)
     _randomize(adapter, seed=3)
     adapter.save_pretrained(tmp_path)
-    cfg = config_from_diffusers_dict = None  # noqa: F841
     model = UNet(_cfg_small(), rngs=InitRngs(0))
-    before = np.asarray(model.conv_in.kernel.get_value()).copy()
+    before = _our_params(model)
     load_unet_weights(model, str(tmp_path), part="temporal")
-    got = np.asarray(model.down_blocks[0].motion_modules[0].proj_in.kernel.get_value())
-    want = adapter.down_blocks[0].motion_modules[0].proj_in.weight.detach().numpy().T
-    np.testing.assert_allclose(got, want, rtol=0, atol=0)
-    np.testing.assert_array_equal(before, np.asarray(model.conv_in.kernel.get_value()))
+    after = _our_params(model)
+    covered = set()
+    for key, value in adapter.state_dict().items():
+        if key.endswith(".pe") or "pos_embed" in key:
+            continue                                   # fixed sinusoidal buffers, recomputed
+        ours = _diffusers_to_ours(key, after)
+        want = value.detach().numpy()
+        want = want.T if want.ndim == 2 else want
+        np.testing.assert_allclose(after[ours], want, rtol=0, atol=0, err_msg=key)
+        covered.add(ours)
+    temporal = {k for k in after if ".motion_modules." in k and ".view_proj." not in k}
+    assert covered == temporal, sorted(temporal ^ covered)[:5]
+    assert len(covered) > 20
+    for k in after:
+        if k not in covered:                           # spatial and view layers: untouched
+            np.testing.assert_array_equal(after[k], before[k], err_msg=k)
 
 
 def _cfg_small():

@@ -22,7 +22,9 @@ import collections
 import glob
 import json
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any, Iterable
 
 from data_pipelines import schema
@@ -71,6 +73,17 @@ def check_ascii(rel_path: str) -> None:
         raise Skip("non_ascii_name", f"{rel_path!r}: expected an ASCII path")
 
 
+def ok_entry(path: str, records: int, **info: Any) -> dict[str, Any]:
+    """A report entry for an input that gave ``records`` records."""
+    return {"path": path, "status": "ok", "records": int(records), **info}
+
+
+def skip_entry(path: str, err: Skip, records: int = 0) -> dict[str, Any]:
+    """A report entry for a skipped input ("partial" when some records were kept)."""
+    return {"path": path, "status": "partial" if records else "skipped", "reason": err.reason,
+            "message": err.message, "records": int(records)}
+
+
 class Report:
     """Per-input status, reason and details; written as ``<out>/ingest_report.json``::
 
@@ -94,12 +107,10 @@ class Report:
         self.shards: list[str] = []
 
     def ok(self, path: str, records: int, **info: Any) -> None:
-        self.inputs.append({"path": path, "status": "ok", "records": int(records), **info})
+        self.inputs.append(ok_entry(path, records=records, **info))
 
     def skip(self, path: str, err: Skip, records: int = 0) -> None:
-        status = "partial" if records else "skipped"
-        self.inputs.append({"path": path, "status": status, "reason": err.reason,
-                            "message": err.message, "records": int(records)})
+        self.inputs.append(skip_entry(path, err, records))
 
     def counts(self) -> dict[str, Any]:
         status = collections.Counter(e["status"] for e in self.inputs)
@@ -110,20 +121,34 @@ class Report:
                 "reasons": dict(sorted(reasons.items()))}
 
     def write(self) -> str:
-        path = os.path.join(self.out, "ingest_report.json")
+        path = join(self.out, "ingest_report.json")
         doc = {"tool": self.tool, "src": self.src, "out": self.out, "settings": self.settings,
                "counts": self.counts(), "inputs": self.inputs, "identities": self.identities,
                "shards": self.shards, "reasons": REASONS}
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, ensure_ascii=True)
+        text = json.dumps(doc, indent=1, ensure_ascii=True).encode()
+        if is_remote(path):
+            from apache_beam.io.filesystems import FileSystems
+
+            with FileSystems.create(path) as f:
+                f.write(text)
+        else:
+            with open(path, "wb") as f:
+                f.write(text)
         return path
 
     def summary(self) -> str:
-        c = self.counts()
-        lines = [f"{self.tool}: {c['inputs']} inputs -> {c['ok']} ok, {c['partial']} partial, "
-                 f"{c['skipped']} skipped; {c['records']} records in {len(self.shards)} shard(s)"]
+        return Report.summary_of({"tool": self.tool, "counts": self.counts(), "out": self.out,
+                                  "shards": self.shards})
+
+    @staticmethod
+    def summary_of(doc: dict[str, Any]) -> str:
+        """A report document (as written) -> the few lines printed after a run."""
+        c = doc["counts"]
+        lines = [f"{doc['tool']}: {c['inputs']} inputs -> {c['ok']} ok, {c['partial']} partial, "
+                 f"{c['skipped']} skipped; {c['records']} records in {len(doc['shards'])} "
+                 "shard(s)"]
         lines += [f"  skipped {n:4d} x {r}" for r, n in c["reasons"].items()]
-        lines.append(f"  report: {os.path.join(self.out, 'ingest_report.json')}")
+        lines.append(f"  report: {join(doc['out'], 'ingest_report.json')}")
         return "\n".join(lines)
 
 
@@ -143,11 +168,13 @@ class ShardWriter:
         self.count = 0
         self._writer = None
         self._in_shard = 0
+        self.first_keys: list[str] = []  # key of each shard's first record
 
     def write(self, record: dict[str, Any]) -> None:
         blob = schema.encode(record)  # validates: a bad record is a bug here, not a skip
         if self._writer is None or self._in_shard >= self.records_per_shard:
             self._roll()
+            self.first_keys.append(str(record["key"]))
         self._writer.write(blob)
         self._in_shard += 1
         self.count += 1
@@ -190,10 +217,14 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
 
 def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace, stream: str) -> None:
     """Exit 2 (one line) on a bad --src/--out/--resolution; prepare --out."""
-    if not os.path.isdir(args.src):
-        ap.error(f"--src {args.src}: expected an existing folder")
     if args.resolution < 8:
         ap.error(f"--resolution {args.resolution}: expected at least 8")
+    if args.records_per_shard < 1:
+        ap.error(f"--records_per_shard {args.records_per_shard}: expected at least 1")
+    if is_remote(args.src) or is_remote(args.out):
+        return _check_remote(ap, args, stream)
+    if not os.path.isdir(args.src):
+        ap.error(f"--src {args.src}: expected an existing folder")
     if os.path.abspath(args.out) == os.path.abspath(args.src):
         ap.error("--out: expected a folder other than --src")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -215,6 +246,84 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace, stream: st
             ap.error(f"--out {args.out}: holds a '{tool}' ingestion; use one --out per tool")
 
 
+def _check_remote(ap: argparse.ArgumentParser, args: argparse.Namespace, stream: str) -> None:
+    """The checks of check_args for gs:// (or other Beam filesystem) paths."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if not is_remote(args.src) and not os.path.isdir(args.src):
+        ap.error(f"--src {args.src}: expected an existing folder")
+    if not is_remote(args.out):
+        os.makedirs(args.out, exist_ok=True)
+    old = [m.path for r in FileSystems.match([join(args.out, f"{stream}-*.array_record*")])
+           for m in r.metadata_list]
+    if old and not args.overwrite:
+        ap.error(f"--out {args.out}: already holds {len(old)} {stream} shard(s); "
+                 "pass --overwrite or choose another folder")
+    if old:
+        FileSystems.delete(old)
+
+
+# ---------------------------------------------------------------- local or gs:// paths
+def is_remote(path: str) -> bool:
+    """A Beam filesystem URL (gs://, s3://, ...) rather than a local path."""
+    return "://" in str(path)
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        return "/".join([base.rstrip("/"), *parts])
+    return os.path.join(base, *parts)
+
+
+def absolute(path: str) -> str:
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def upload(local: str, dest: str) -> None:
+    """Copy a local file to ``dest`` (local or remote), creating local folders."""
+    if not is_remote(dest):
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.move(local, dest)
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    with open(local, "rb") as f, FileSystems.create(dest) as g:
+        shutil.copyfileobj(f, g, 1 << 22)
+
+
+def read_report(out: str) -> dict[str, Any]:
+    path = join(out, "ingest_report.json")
+    if is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(path) as f:
+            return json.loads(f.read().decode())
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class local_input:
+    """``with local_input(path) as p``: ``p`` is ``path``, or a temp copy of a remote file
+    (PyAV and OpenCV read local files)."""
+
+    def __init__(self, path: str):
+        self.path, self.tmp = path, None
+
+    def __enter__(self) -> str:
+        if not is_remote(self.path):
+            return self.path
+        from apache_beam.io.filesystems import FileSystems
+
+        fd, self.tmp = tempfile.mkstemp(suffix=os.path.splitext(self.path)[1])
+        with os.fdopen(fd, "wb") as g, FileSystems.open(self.path) as f:
+            shutil.copyfileobj(f, g, 1 << 22)
+        return self.tmp
+
+    def __exit__(self, *exc) -> None:
+        if self.tmp:
+            os.remove(self.tmp)
+
+
 def stream_tool(stream: str) -> str:
     return {"video": "videos", "multiview": "multiview"}[stream]
 
@@ -223,6 +332,13 @@ def list_inputs(src: str, exts: Iterable[str]) -> list[str]:
     """Files under ``src`` (recursive, sorted, no symlinked folders) ending in one of ``exts``,
     as paths relative to ``src``."""
     exts = tuple(e.lower() for e in exts)
+    if is_remote(src):
+        from apache_beam.io.filesystems import FileSystems
+
+        base = src.rstrip("/") + "/"
+        found = [m.path for r in FileSystems.match([base + "**"]) for m in r.metadata_list]
+        return sorted(p[len(base):] for p in found if p.lower().endswith(exts)
+                      and not os.path.basename(p).startswith("."))
     out = []
     for root, dirs, files in os.walk(src):
         dirs.sort()

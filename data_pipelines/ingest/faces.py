@@ -7,7 +7,7 @@ Detectors (boxes are ``[N,4]`` float ``(x0, y0, x1, y1)`` in source pixels, larg
   name another cascade xml). Chosen over ``_default`` because on the built-in renderer's
   heads it fired in about half of the frames where ``_default`` almost never did; Haar
   cascades find frontal and moderately turned faces, not profiles. Runs on a histogram-
-  equalised grey image whose longer side is at most 480 px (videos.DETECT_SIDE): faster, and
+  equalised grey image whose longer side is at most 480 px (videos --detect_side, default 480): faster, and
   finer scales only add false hits.
 * :class:`MediapipeDetector`: a user-provided MediaPipe Tasks face-detector model (``.tflite``,
   e.g. BlazeFace short-range); mediapipe wheels ship no models.

@@ -174,44 +174,58 @@ def build_parser() -> common.OneLineParser:
     return ap
 
 
+def make_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    return spec
+
+
+def ingest_item(item: tuple, cfg: dict[str, Any], writer) -> dict[str, Any]:
+    """(src, cap, parsed cameras or (reason, message), label) -> report entry. Never raises."""
+    src, cap, cams, label = item
+    try:
+        if isinstance(cams, tuple):
+            raise Skip(*cams)
+        rec = ingest_capture(os.path.join(src, cap), cap, cams, label, cfg["resolution"],
+                             cfg["min_views"])
+        writer.write(rec)
+    except Skip as err:
+        return common.skip_entry(cap, err)
+    except Exception as e:  # noqa: BLE001 - one odd capture must not end a long run
+        print(f"warning: {cap}: {type(e).__name__}: {e}", file=sys.stderr)
+        return common.skip_entry(cap, Skip("internal_error", f"{cap}: {type(e).__name__}: {e}"))
+    return common.ok_entry(cap, 1, views=int(rec["frames"].shape[0]),
+                           identity=identity_of(cap, cams), id_label=label)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse cameras.json files (labels need them all), then run the pipeline (beam.py)."""
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args, beam_args = ap.parse_known_args(argv)
     if args.min_views < 1:
         ap.error(f"--min_views {args.min_views}: expected at least 1")
+    if common.is_remote(args.src):
+        ap.error(f"--src {args.src}: expected a local folder (multi-view captures are read "
+                 "from local disk; --out may be gs://)")
     common.check_args(ap, args, "multiview")
+    from data_pipelines.ingest import beam
+
     caps = list_captures(args.src)
-    report = common.Report("multiview", os.path.abspath(args.src), os.path.abspath(args.out),
-                           {k: getattr(args, k) for k in ("resolution", "min_views", "split")})
     parsed: dict[str, Any] = {}
     for cap in caps:  # parse every cameras.json first: labels come from all identities
         try:
             common.check_ascii(cap)
             parsed[cap] = read_cameras(os.path.join(args.src, cap), cap)
         except Skip as err:
-            parsed[cap] = err
-    ok = {c: p for c, p in parsed.items() if not isinstance(p, Skip)}
-    report.identities = common.identity_labels(identity_of(c, p) for c, p in ok.items())
-    writer = common.ShardWriter(args.out, "multiview", args.split, args.records_per_shard)
-    for cap in common.progress(caps, args.quiet, "captures"):
-        cams = parsed[cap]
-        try:
-            if isinstance(cams, Skip):
-                raise cams
-            label = report.identities[identity_of(cap, cams)]
-            rec = ingest_capture(os.path.join(args.src, cap), cap, cams, label,
-                                 args.resolution, args.min_views)
-            writer.write(rec)
-        except Skip as err:
-            report.skip(cap, err)
-            continue
-        except Exception as e:  # noqa: BLE001 - one odd capture must not end a long run
-            report.skip(cap, Skip("internal_error", f"{cap}: {type(e).__name__}: {e}"))
-            print(f"warning: {cap}: {type(e).__name__}: {e}", file=sys.stderr)
-            continue
-        report.ok(cap, 1, views=int(rec["frames"].shape[0]), identity=identity_of(cap, cams),
-                  id_label=label)
-    return common.finish(report, writer, args.quiet)
+            parsed[cap] = (err.reason, err.message)
+    ok = {c: p for c, p in parsed.items() if not isinstance(p, tuple)}
+    labels = common.identity_labels(identity_of(c, p) for c, p in ok.items())
+    src = os.path.abspath(args.src)
+    items = [(src, c, p, labels[identity_of(c, p)] if c in ok else 0)
+             for c, p in parsed.items()]
+    spec = {k: getattr(args, k) for k in ("resolution", "min_views")}
+    return beam.run(tool="multiview", stream="multiview", items=items,
+                    make_settings=make_settings, spec=spec, ingest=ingest_item, args=args,
+                    beam_args=beam_args, ap=ap, settings=dict(spec, split=args.split),
+                    identities=labels)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
     python -m data_pipelines.ingest.videos --src DIR --out DIR [--clip_frames 100]
         [--resolution 256] [--detector haar|mediapipe] [--detector_model PATH]
-        [--landmarks PATH] [--crop_scale 2.0] [--split train] [--overwrite] [--quiet]
+        [--landmarks PATH] [--arcface MODEL.onnx [--arcface_mean]] [--crop_scale 2.0]
+        [--split train] [--overwrite] [--quiet] [Beam options: --runner, --direct_num_workers ..]
+
+Runs as an Apache Beam pipeline (beam.py): the DirectRunner on all local cores by default.
 
 Every ``*.mp4|*.mov|*.mkv`` under ``--src`` (recursive) is read with PyAV; the result is
 ``<out>/video-<split>-NNNNN.array_record`` shards of ``schema`` records (readable as
@@ -28,10 +31,11 @@ Per file (why each step):
 
 Record fields (schema.py): frames [F,R,R,3] RGB uint8, audio [F*640], mouth_box [F,4]
 (landmarks if ``--landmarks`` else the face-box heuristic of faces.py), pose [F,6]: with
-landmarks the full head pose (``pose_valid=True``), else rotation 0 and (tx, ty, scale) of the
-face box in the crop with ``pose_valid=False`` (the loader then drops the view condition);
-viseme -1, expression/id_vector marked invalid, id_embedding empty (precompute embeddings
-with the identity encoder later). ``key`` is ``ingest/<path>/f<first 25 fps frame>``.
+landmarks the head pose by solvePnP (pose.py; ``pose_valid=True`` when >= 90% of the clip's
+frames fit), else rotation 0 and (tx, ty, scale) of the face box in the crop with
+``pose_valid=False`` (the loader then drops the view condition); viseme -1, expression
+invalid; with ``--arcface`` id_embedding is the ArcFace embedding (arcface.py) and
+id_vector_valid True, else id_embedding is empty and id_vector_valid False. ``key`` is ``ingest/<path>/f<first 25 fps frame>``.
 
 Identity: the first folder under ``--src`` names the identity (VoxCeleb-like
 ``<id>/<video>/<clip>.mp4``); a file directly in ``--src`` is its own identity. Labels are
@@ -49,14 +53,17 @@ from typing import Any, Iterator
 import numpy as np
 
 from data_pipelines import schema
-from data_pipelines.ingest import common, faces
+from data_pipelines.ingest import arcface, common, faces
+from data_pipelines.ingest import pose as posemod
 from data_pipelines.ingest.common import Skip
+from data_pipelines.synthetic import landmarks
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv")
 FPS, SR, S = schema.FPS, schema.SAMPLE_RATE, schema.SAMPLES_PER_FRAME
 MIN_FPS, MAX_FPS = 23.5, 240.0
 VFR_TOL, VFR_MAX_FRACTION = 0.25, 0.02
-DETECT_SIDE = 480  # longer side of the grey frames faces are detected on
+DETECT_SIDE = 480  # default --detect_side: longer side of the grey frames faces are found on
+POSE_MIN_FIT = 0.9  # a clip's pose is valid when solvePnP fits at least this share of frames
 
 
 def _av():
@@ -76,6 +83,10 @@ def probe(path: str) -> dict[str, Any]:
     av = _av()
     try:
         with av.open(path) as c:
+            fmt = c.format.name
+            if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg opens stills as 1-frame video
+                raise Skip("unreadable", f"{path}: a still image ({fmt}); expected a video "
+                                         "container")
             if not c.streams.video:
                 raise Skip("no_video_stream", f"{path}: expected a video stream, found "
                                               f"{[s.type for s in c.streams] or 'none'}")
@@ -189,6 +200,10 @@ class Settings:
     smooth: float = 7.5
     detector: Any = dataclasses.field(default_factory=faces.HaarDetector)
     landmarker: Any = None
+    arcface: Any = None  # arcface.ArcFace, or None: id_vector_valid stays False
+    arcface_mean: bool = False
+    arcface_stride: int = 5
+    detect_side: int = DETECT_SIDE
 
 
 def ingest_video(path: str, rel: str, label: int, cfg: Settings,
@@ -206,7 +221,7 @@ def ingest_video(path: str, rel: str, label: int, cfg: Settings,
         raise Skip("too_short", f"{rel}: {n} frames at 25 fps with audio; expected "
                                 f"{cfg.clip_frames}")
     # pass 1: detect on small frames of the sources the grid uses
-    scale = min(1.0, DETECT_SIDE / max(info["width"], info["height"]))
+    scale = min(1.0, cfg.detect_side / max(info["width"], info["height"]))
     det_of: dict[int, np.ndarray] = {}
     turns = None
     for j, img, turns in decode_frames(path, info["pts"], np.unique(src), cfg.detector.wants,
@@ -237,6 +252,7 @@ def ingest_video(path: str, rel: str, label: int, cfg: Settings,
         for k in range(a, b):
             outputs_of.setdefault(int(src[k]), []).append(k)
     pending = {k: None for a, b in clips for k in range(a, b)}
+    stats = {"pose_failed_frames": 0}
     written, clip_i = 0, 0
     try:
         for j, img, _ in decode_frames(path, info["pts"], need, "rgb24"):
@@ -247,7 +263,7 @@ def ingest_video(path: str, rel: str, label: int, cfg: Settings,
                 a, b = clips[clip_i]
                 frames = np.stack([pending.pop(k) for k in range(a, b)])  # [F,R,R,3]
                 writer.write(_record(rel, label, a, frames, audio[s0 + a * S:s0 + b * S],
-                                     track.boxes[a:b], crops[a:b], cfg))
+                                     track.boxes[a:b], crops[a:b], cfg, stats))
                 written, clip_i = written + 1, clip_i + 1
     except Skip as err:
         if not written:
@@ -262,30 +278,43 @@ def ingest_video(path: str, rel: str, label: int, cfg: Settings,
             "source_fps": round(fps, 3), "duration_s": round(float(info["times"][-1] -
                                                                    info["times"][0] + 1 / fps), 3),
             "face_fraction": round(track.face_fraction, 3), "size": [ww, hh],
-            "rotation": 90 * turns}
+            "rotation": 90 * turns, **(stats if cfg.landmarker is not None else {})}
 
 
 def _record(rel: str, label: int, first: int, frames: np.ndarray, audio: np.ndarray,
-            face: np.ndarray, crops: np.ndarray, cfg: Settings) -> dict[str, Any]:
+            face: np.ndarray, crops: np.ndarray, cfg: Settings,
+            stats: dict[str, int]) -> dict[str, Any]:
     rec = schema.empty_like_real(frames)
-    f = frames.shape[0]
+    f, res = frames.shape[0], frames.shape[1]
     mouth = faces.heuristic_mouth_boxes(face, crops)  # [F,4]
     pose = np.zeros((f, 6), np.float32)
     pose[:, 3:] = faces.box_pose(face, crops, cfg.crop_scale)
     pose_valid = False
+    box = faces.face_in_crop(face.astype(np.float64), crops) * res  # [F,4] crop pixels
+    five = np.stack([arcface.five_from_box(b) for b in box])  # [F,5,2] crop pixels
     if cfg.landmarker is not None:
-        got = [cfg.landmarker(fr) for fr in frames]
-        for i, (pts, _) in enumerate(got):
+        mesh = np.full((f, 478, 2), np.nan)
+        for i, fr in enumerate(frames):
+            pts, _ = cfg.landmarker(fr)
             if pts is not None:
                 mouth[i] = faces.mouth_box_from_landmarks(pts)
-        if all(pts is not None and m is not None for pts, m in got):
-            pose = np.stack([faces.pose_from_landmarks(p, m, 1.0 / cfg.crop_scale)
-                             for p, m in got])
-            pose_valid = True
+                mesh[i, :len(pts)] = pts[:, :2]
+        named = posemod.from_mediapipe(mesh)  # [F,K,2], NaN where no face
+        track = posemod.estimate(named)
+        stats["pose_failed_frames"] += int((~track.fit_ok).sum())
+        if track.fit_ok.mean() >= POSE_MIN_FIT:
+            pose, pose_valid = track.pose, True
+        have = np.isfinite(named).all((1, 2))
+        five[have] = named[have][:, list(landmarks.FIVE)] * res
+    rec_id = {}
+    if cfg.arcface is not None:
+        rec_id = dict(id_embedding=arcface.clip_embedding(cfg.arcface, frames, five,
+                                                          cfg.arcface_mean, cfg.arcface_stride),
+                      id_vector_valid=True)
     key_path = rel.replace(os.sep, "/")
     rec.update(key=f"ingest/{key_path}/f{first:06d}", source=f"ingest:{key_path}",
                audio=np.ascontiguousarray(audio, np.float32), pose=pose, pose_valid=pose_valid,
-               mouth_box=mouth, id_label=int(label))
+               mouth_box=mouth, id_label=int(label), **rec_id)
     return rec
 
 
@@ -299,50 +328,79 @@ def build_parser() -> common.OneLineParser:
                     help="haar: cascade .xml (default: OpenCV's frontalface_alt2); "
                          "mediapipe: face detector .tflite (required)")
     ap.add_argument("--landmarks", default=None,
-                    help="MediaPipe FaceLandmarker .task: mouth boxes from the lips, head pose")
+                    help="MediaPipe FaceLandmarker .task: mouth boxes from the lips, head pose "
+                         "by solvePnP (pose.py), 5-point ArcFace alignment")
+    ap.add_argument("--arcface", default=None,
+                    help="ArcFace ONNX model (insightface layout, [N,3,112,112] -> [N,E]): "
+                         "fills id_embedding and sets id_vector_valid")
+    ap.add_argument("--arcface_mean", action="store_true",
+                    help="id_embedding = the clip's mean embedding (every --arcface_stride-th "
+                         "frame) instead of the reference (first) frame's")
+    ap.add_argument("--arcface_stride", type=int, default=5)
     ap.add_argument("--crop_scale", type=float, default=2.0, help="crop side / face-box side")
+    ap.add_argument("--detect_side", type=int, default=DETECT_SIDE,
+                    help="faces are detected on grey frames shrunk to this longer side")
     return ap
 
 
+def make_settings(spec: dict[str, Any]) -> Settings:
+    """The CLI's choices -> Settings with models loaded (runs once per Beam worker)."""
+    return Settings(spec["clip_frames"], spec["resolution"], spec["crop_scale"],
+                    detector=faces.make_detector(spec["detector"], spec["detector_model"]),
+                    landmarker=(faces.MediapipeLandmarker(spec["landmarks"])
+                                if spec["landmarks"] else None),
+                    arcface=arcface.ArcFace(spec["arcface"]) if spec["arcface"] else None,
+                    arcface_mean=spec["arcface_mean"], arcface_stride=spec["arcface_stride"],
+                    detect_side=spec["detect_side"])
+
+
+def ingest_item(item: tuple[str, str, int], cfg: Settings, writer) -> dict[str, Any]:
+    """(src, rel, label) -> the input's report entry; records go to ``writer``. Never raises."""
+    src, rel, label = item
+    try:
+        with common.local_input(common.join(src, rel)) as path:
+            info = ingest_video(path, rel, label, cfg, writer)
+    except Skip as err:
+        return common.skip_entry(rel, err, getattr(err, "partial", 0))
+    except Exception as e:  # noqa: BLE001 - one odd file must not end a long run
+        print(f"warning: {rel}: {type(e).__name__}: {e}", file=sys.stderr)
+        return common.skip_entry(rel, Skip("internal_error", f"{rel}: {type(e).__name__}: {e}"))
+    return common.ok_entry(rel, identity=identity_of(rel), id_label=label, **info)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse our flags (the rest go to Beam), list the inputs, run the pipeline (beam.py)."""
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args, beam_args = ap.parse_known_args(argv)
     if args.clip_frames < 1:
         ap.error(f"--clip_frames {args.clip_frames}: expected at least 1")
-    for opt in ("detector_model", "landmarks"):
+    if args.detect_side < 32:
+        ap.error(f"--detect_side {args.detect_side}: expected at least 32")
+    if args.arcface_stride < 1:
+        ap.error(f"--arcface_stride {args.arcface_stride}: expected at least 1")
+    for opt in ("detector_model", "landmarks", "arcface"):
         p = getattr(args, opt)
         if p and not os.path.isfile(p):
             ap.error(f"--{opt} {p}: expected an existing file")
     common.check_args(ap, args, "video")
+    spec = {k: getattr(args, k) for k in ("clip_frames", "resolution", "detector",
+                                          "detector_model", "landmarks", "crop_scale",
+                                          "arcface", "arcface_mean", "arcface_stride",
+                                          "detect_side")}
     try:
-        detector = faces.make_detector(args.detector, args.detector_model)
-        landmarker = faces.MediapipeLandmarker(args.landmarks) if args.landmarks else None
+        make_settings(spec)  # fail here, in one line, not in every worker
     except (ImportError, ValueError, RuntimeError) as e:
         ap.error(str(e).splitlines()[0])
-    cfg = Settings(args.clip_frames, args.resolution, args.crop_scale, detector=detector,
-                   landmarker=landmarker)
+    from data_pipelines.ingest import beam
+
     files = common.list_inputs(args.src, VIDEO_EXTS)
     labels = common.identity_labels(identity_of(r) for r in files)
-    settings = {k: getattr(args, k) for k in ("clip_frames", "resolution", "detector",
-                                              "detector_model", "landmarks", "crop_scale",
-                                              "split")}
-    report = common.Report("videos", os.path.abspath(args.src), os.path.abspath(args.out),
-                           settings)
-    report.identities = labels
-    writer = common.ShardWriter(args.out, "video", args.split, args.records_per_shard)
-    for rel in common.progress(files, args.quiet, "videos"):
-        label = labels[identity_of(rel)]
-        try:
-            info = ingest_video(os.path.join(args.src, rel), rel, label, cfg, writer)
-        except Skip as err:
-            report.skip(rel, err, getattr(err, "partial", 0))
-            continue
-        except Exception as e:  # noqa: BLE001 - one odd file must not end a long run
-            report.skip(rel, Skip("internal_error", f"{rel}: {type(e).__name__}: {e}"))
-            print(f"warning: {rel}: {type(e).__name__}: {e}", file=sys.stderr)
-            continue
-        report.ok(rel, identity=identity_of(rel), id_label=label, **info)
-    return common.finish(report, writer, args.quiet)
+    src = common.absolute(args.src)
+    settings = dict(spec, split=args.split)
+    return beam.run(tool="videos", stream="video", items=[(src, r, labels[identity_of(r)])
+                                                         for r in files],
+                    make_settings=make_settings, spec=spec, ingest=ingest_item, args=args,
+                    beam_args=beam_args, ap=ap, settings=settings, identities=labels)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from data_pipelines.synthetic.render import Camera, project, render
 NOMINAL_DISTANCE = 8.0
 TAN_HALF_FOV = 0.14
 HEAD_Y = -0.1
-_IDENTITY, _VIDEO, _MULTIVIEW = 1, 2, 3
+_IDENTITY, _VIDEO, _MULTIVIEW, _NOVEL = 1, 2, 3, 4
 SUPERSAMPLE = 2  # per-axis anti-aliasing factor
 
 
@@ -136,9 +136,9 @@ def _clip_audio(rng, person: Person, clip_seconds: tuple[float, float]):
     return audio, segs, text, n_frames
 
 
-def make_video_record(seed: int, person: Person, clip: int, res: int,
-                      clip_seconds=(3.0, 4.0), ss: int = SUPERSAMPLE) -> dict:
-    """Stream (a): a monocular talking clip with audio."""
+def _video_scene(seed: int, person: Person, clip: int, res: int, clip_seconds) -> dict:
+    """Everything of one talking clip but the camera: audio, expression, head trajectory,
+    light, background, clothing (the draws of ``make_video_record``, in its order)."""
     rng = _rng(seed, _VIDEO, person.label, clip)
     audio, segs, text, n = _clip_audio(rng, person, clip_seconds)
     mouth = visemes.mouth_params(segs, n)  # [F,3]
@@ -146,15 +146,77 @@ def make_video_record(seed: int, person: Person, clip: int, res: int,
     traj = motion.head_trajectory(rng, n, env, liveliness=rng.uniform(0.5, 1.2))
     expr = np.concatenate([mouth, motion.blinks(rng, n, rng.uniform(2.5, 5.0))[:, None]], -1)
     gz = motion.gaze(rng, n, traj["yaw"])
-    cam, ypr = video_camera(traj)
     light, _ = _light(rng)
     bg = _background(rng, n, res)
     cloth = rng.uniform(0.05, 0.9, 3).astype(np.float32)
-    light_cam = np.broadcast_to(light, (n, 3))
-    frames, mouth_pts, _ = render_frames(person, expr, gz, cam, light_cam, bg, cloth, res, ss)
+    return dict(audio=audio, segs=segs, text=text, n=n, traj=traj, expr=expr, gaze=gz,
+                light=light, bg=bg, cloth=cloth)
+
+
+def _render_video(sc: dict, person: Person, cam: Camera, ypr: np.ndarray, light_cam, key: str,
+                  seed: int, res: int, ss: int) -> dict:
+    frames, mouth_pts, _ = render_frames(person, sc["expr"], sc["gaze"], cam, light_cam, sc["bg"],
+                                         sc["cloth"], res, ss)
     pose, box = _pose_and_box(cam, mouth_pts, ypr)
-    return _record(schema.KIND_VIDEO, f"video/id{person.label:05d}/c{clip:03d}", seed, person,
-                   frames, audio, pose, visemes.frame_labels(segs, n), box, expr, text)
+    return _record(schema.KIND_VIDEO, key, seed, person, frames, sc["audio"], pose,
+                   visemes.frame_labels(sc["segs"], sc["n"]), box, sc["expr"], sc["text"])
+
+
+def make_video_record(seed: int, person: Person, clip: int, res: int,
+                      clip_seconds=(3.0, 4.0), ss: int = SUPERSAMPLE) -> dict:
+    """Stream (a): a monocular talking clip with audio."""
+    sc = _video_scene(seed, person, clip, res, clip_seconds)
+    cam, ypr = video_camera(sc["traj"])
+    light_cam = np.broadcast_to(sc["light"], (sc["n"], 3))
+    return _render_video(sc, person, cam, ypr, light_cam, f"video/id{person.label:05d}/c{clip:03d}",
+                         seed, res, ss)
+
+
+def novel_camera_path(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A second camera's rotation about the head centre over a clip -> ypr [n,3] (radians):
+    a yaw offset of 20-35 degrees to a random side plus a slow sweep, a small pitch offset.
+    Smooth (motion.smooth_noise), like the head trajectories."""
+    deg = np.pi / 180
+    side = 1.0 if rng.random() < 0.5 else -1.0
+    yaw = side * rng.uniform(20, 35) * deg + motion.smooth_noise(rng, n, 12 * deg, 0.1, 0.4)
+    pitch = rng.uniform(-8, 8) * deg + motion.smooth_noise(rng, n, 4 * deg, 0.1, 0.4)
+    roll = motion.smooth_noise(rng, n, 2 * deg, 0.1, 0.3)
+    return np.stack([yaw, pitch, roll], -1).astype(np.float32)
+
+
+def make_novel_view_record(seed: int, person: Person, clip: int, res: int,
+                           clip_seconds=(3.0, 4.0), ss: int = SUPERSAMPLE) -> dict:
+    """The clip ``make_video_record(seed, person, clip, ...)`` (same speech, expression, head
+    motion, light and background) seen by a second camera that moves along
+    ``novel_camera_path`` around the head centre: the free-viewpoint test's truth. Its key is
+    the first camera's key + ``/novel``; its poses are the head relative to the second camera."""
+    sc = _video_scene(seed, person, clip, res, clip_seconds)
+    cam0, ypr0 = video_camera(sc["traj"])
+    c = pose_to_matrix(novel_camera_path(_rng(seed, _NOVEL, person.label, clip), sc["n"])
+                       ).astype(np.float32)                                   # [F,3,3]
+    centre = np.array([0.0, HEAD_Y, -NOMINAL_DISTANCE], np.float32)
+
+    def move(pos):   # world (first camera) -> second camera: rotate about the head centre
+        return (np.einsum("fij,fj->fi", c, pos - centre) + centre).astype(np.float32)
+
+    cam = Camera(np.einsum("fij,fjk->fik", c, cam0.head_rot).astype(np.float32), move(cam0.head_pos),
+                 np.einsum("fij,fjk->fik", c, cam0.body_rot).astype(np.float32), move(cam0.body_pos),
+                 TAN_HALF_FOV)
+    ypr = schema.matrix_to_pose(cam.head_rot)
+    light_cam = np.einsum("fij,j->fi", c, sc["light"]).astype(np.float32)   # the light stays in the world
+    return _render_video(sc, person, cam, ypr, light_cam,
+                         f"video/id{person.label:05d}/c{clip:03d}/novel", seed, res, ss)
+
+
+LONG_CLIP_INDEX = 10_000   # clip indices of long clips: far above any preset's clips_per_id
+
+
+def make_long_video_record(seed: int, person: Person, seconds: float, res: int, index: int = 0,
+                           ss: int = SUPERSAMPLE) -> dict:
+    """A held-out clip of exactly ``seconds`` (one long sentence, silence after it if it ends
+    early) for the long-horizon test: ``make_video_record`` at clip ``LONG_CLIP_INDEX + index``,
+    so it never repeats a corpus clip."""
+    return make_video_record(seed, person, LONG_CLIP_INDEX + index, res, (seconds, seconds), ss)
 
 
 def make_multiview_record(seed: int, person: Person, index: int, res: int, views: int = 8,

@@ -3,7 +3,11 @@
 Splits (identities are disjoint between train_* and test_*; half of the test identities
 speak with voices never used in training):
 
-    train_video, train_multiview, test_video, test_multiview
+    train_video, train_multiview, test_video, test_multiview, test_novel_video
+
+``test_novel_video``: the first ``novel_views_per_id`` test clips of every test identity again,
+seen by a second, moving camera never used in training (``corpus.make_novel_view_record``; key =
+the ``test_video`` clip's key + ``/novel``): the free-viewpoint test's ground truth.
 
 Each example is ``{"record": bytes}``, a schema.encode blob (see data_pipelines/schema.py
 for why one deterministic blob rather than a multi-feature tf.Example). Read with::
@@ -27,7 +31,8 @@ from tqdm.auto import tqdm
 from data_pipelines import schema
 from data_pipelines.synthetic import corpus, speech, visemes
 
-SPLITS = ("train_video", "train_multiview", "test_video", "test_multiview")
+SPLITS = ("train_video", "train_multiview", "test_video", "test_multiview", "test_novel_video")
+NOVEL_SPLIT = "test_novel_video"
 
 
 @dataclasses.dataclass
@@ -41,6 +46,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     resolution: int = 64
     clip_seconds: tuple = (3.0, 4.0)
     supersample: int = corpus.SUPERSAMPLE
+    novel_views_per_id: int = 2      # test clips per test identity also rendered from a novel camera
     seed: int = 0
 
 
@@ -55,7 +61,7 @@ PRESETS = {
     "large": dict(n_train_ids=1800, n_test_ids=200, clips_per_id=20, multiview_per_id=12),
     # Unit tests: seconds.
     "tiny": dict(n_train_ids=2, n_test_ids=2, clips_per_id=1, multiview_per_id=1, views=4,
-                 resolution=32, clip_seconds=(1.2, 1.6), supersample=1),
+                 resolution=32, clip_seconds=(1.2, 1.6), supersample=1, novel_views_per_id=1),
 }
 
 
@@ -87,12 +93,18 @@ def split_tasks(cfg: SyntheticConfig, split: str) -> list[tuple]:
     """(kind, label, index) for every record of a split, in a fixed order."""
     kind = schema.KIND_VIDEO if split.endswith("video") else schema.KIND_MULTIVIEW
     per_id = cfg.clips_per_id if kind == schema.KIND_VIDEO else cfg.multiview_per_id
+    if split == NOVEL_SPLIT:
+        return [(NOVEL_SPLIT, lab, i) for lab in split_labels(cfg, split)
+                for i in range(min(cfg.novel_views_per_id, cfg.clips_per_id))]
     return [(kind, lab, i) for lab in split_labels(cfg, split) for i in range(per_id)]
 
 
 def make_record(cfg: SyntheticConfig, task: tuple) -> dict:
     kind, label, index = task
     person = corpus.make_person(cfg.seed, label, voices_for(label, cfg.n_train_ids))
+    if kind == NOVEL_SPLIT:
+        return corpus.make_novel_view_record(cfg.seed, person, index, cfg.resolution,
+                                             tuple(cfg.clip_seconds), ss=cfg.supersample)
     if kind == schema.KIND_VIDEO:
         return corpus.make_video_record(cfg.seed, person, index, cfg.resolution,
                                         tuple(cfg.clip_seconds), ss=cfg.supersample)
@@ -109,8 +121,8 @@ def _encode_task(args) -> tuple[str, bytes, int]:
 class StarcasterSynthetic(tfds.core.GeneratorBasedBuilder):
     """The built-in synthetic 3D talking-head corpus (DESIGN.md §5)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Split test_novel_video (free-viewpoint truth)."}
     BUILDER_CONFIGS = [make_config(p) for p in ("demo", "small", "large", "tiny")]
 
     @tfds.core.utils.classproperty

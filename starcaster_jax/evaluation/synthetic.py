@@ -1,161 +1,151 @@
-"""Exact metrics on the built-in corpus's held-out identities (DESIGN §5).
+"""Exact metrics on the built-in corpus's held-out identities (DESIGN §5), every mode of the
+paper's abstract, every number beside its baselines.
 
-The corpus knows the truth of every test clip (the frames, the head-pose trajectory, the
-visemes of the speech, the mouth boxes), so a checkpoint is scored against it directly:
+The corpus knows the truth of every test clip (frames, head poses, the visemes of the speech,
+mouth boxes, and, split ``test_novel_video``, the same clip from a second camera), so a
+checkpoint is scored against it directly. The modes and systems are described in ``modes.py``;
+the metrics, all by evaluator networks that never conditioned or supervised the model:
 
-video clips (animate mode: the clip's first frame is the reference, its audio drives, its true
-relative head poses are the view trajectory — so generated frame ``i`` has a ground truth):
-    psnr, ssim          generated vs. true frames (dm_pix; higher is better)
-    lip_acc             per-frame viseme accuracy of the *evaluator* lip reader on the generated
-                        mouths against the audio's true visemes; ``lip_acc_gt`` is the same
-                        reader on the true frames (the ceiling), ``lip_majority`` the
-                        majority-class baseline
-    id_cos              cosine of the *evaluator* identity embedding of generated frames to the
-                        reference's; ``id_cos_gt`` the same for the true frames (the ceiling)
-multi-view sets (view 0 is the reference, the other views are asked at their true camera poses):
-    psnr, ssim, id_cos  as above, per view
+    psnr, ssim      generated vs. true frames (dm_pix; higher is better; identical = 100 dB)
+    lip_acc         per-frame viseme accuracy of ``lip_eval`` on the generated mouths against
+                    the speech's true visemes
+    id_cos          mean cosine of ``identity_eval`` embeddings of the frames to the reference's
+    id_ver          the fraction of frames verified as the reference's person at the threshold
+                    where held-out strangers are accepted at rate ``eval.far`` (evaluators.py)
+    sharpness       variance of the Laplacian (long horizon, per segment)
+    pose_std        head-pose std over time from ``pose_eval``, degrees (motion)
 
-The evaluator networks (``lip_eval``, ``identity_eval``) never conditioned or supervised the
-model (``launch/train_encoders.py``). ``launch/evaluate.py`` is the CLI.
+``evaluate`` runs the modes and returns means per mode and system (and per-record rows);
+``report.format_markdown`` prints them; ``quick_eval`` is the cheap held-out check the training
+loop calls. ``launch/evaluate.py`` is the CLI.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from starcaster_jax.inference import chunking
-from starcaster_jax.inference import views as views_lib
+from starcaster_jax.evaluation import modes as modes_lib
+from starcaster_jax.evaluation import report
+from starcaster_jax.evaluation.data import (held_out_records, long_records, novel_view_pairs,  # noqa: F401
+                                            resize_frames)
+from starcaster_jax.evaluation.evaluators import Evaluators  # noqa: F401  (the public name)
+from starcaster_jax.evaluation.metrics import image_metrics  # noqa: F401
+from starcaster_jax.evaluation.modes import MODES, SYSTEMS, Options, Skip  # noqa: F401
 
-VIDEO_METRICS = ("psnr", "ssim", "lip_acc", "lip_acc_gt", "lip_majority", "id_cos", "id_cos_gt")
-MULTIVIEW_METRICS = ("psnr", "ssim", "id_cos")
 
 
 @dataclasses.dataclass
-class Evaluators:
-    """The two scoring networks: ``lip`` (a LipReader) and ``identity`` (a built-in identity
-    encoder), both frozen."""
-    lip: object
-    identity: object
+class Inputs:
+    """The held-out records of each mode."""
+    video: Sequence[dict] = ()                 # animate, synthesize, motion
+    multiview: Sequence[dict] = ()
+    novel_view: Sequence[tuple] = ()           # (first-camera record, novel-view record)
+    long: Sequence[dict] = ()
 
-    @classmethod
-    def load(cls, encoders_dir: str) -> "Evaluators":
-        from starcaster_jax.models import builtin_encoders as be
-        return cls(lip=be.load(encoders_dir, "lip_eval"), identity=be.load(encoders_dir, "identity_eval"))
-
-    def __post_init__(self):
-        from flax import nnx
-        from starcaster_jax.models import builtin_encoders as be
-        from starcaster_jax.models.lipreading import accuracy
-        self._embed = nnx.jit(be.identity_embedding)
-        self._acc = nnx.jit(accuracy)
-
-    def embed(self, frames: np.ndarray) -> np.ndarray:       # uint8 [N, H, W, 3] -> [N, 512]
-        return np.asarray(self._embed(self.identity, _to_float(frames)))
-
-    def lip_accuracy(self, frames: np.ndarray, boxes: np.ndarray, visemes: np.ndarray) -> float:
-        batch = (_to_float(frames)[None], jnp.asarray(boxes, jnp.float32)[None])
-        return float(self._acc(self.lip, batch, jnp.asarray(visemes, jnp.int32)[None]))
+    def for_mode(self, mode: str) -> Sequence:
+        return {"animate": self.video, "synthesize": self.video, "motion": self.video,
+                "multiview": self.multiview, "novel_view": self.novel_view,
+                "long_horizon": self.long}[mode]
 
 
-def _to_float(frames) -> jax.Array:
-    return jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
+def load_inputs(data_root: str, ev_cfg, *, split: str = "test") -> Inputs:
+    """Records for the modes of ``ev_cfg`` (the config's ``eval`` section)."""
+    modes = tuple(ev_cfg.modes)
+    need_video = bool({"animate", "synthesize", "motion"} & set(modes))
+    return Inputs(
+        video=held_out_records(data_root, "video", ev_cfg.num_clips, split=split) if need_video else [],
+        multiview=(held_out_records(data_root, "multiview", ev_cfg.num_multiview, split=split)
+                   if "multiview" in modes else []),
+        novel_view=novel_view_pairs(data_root, ev_cfg.num_novel_view) if "novel_view" in modes else [],
+        long=long_records(data_root, ev_cfg.long_clips, ev_cfg.long_seconds) if "long_horizon" in modes else [])
 
 
-def image_metrics(generated: np.ndarray, truth: np.ndarray) -> dict:
-    """uint8 ``[N, H, W, 3]`` pairs -> mean PSNR (dB) and SSIM (dm_pix, images in [0, 1])."""
-    import dm_pix
-    a = jnp.asarray(generated, jnp.float32) / 255.0
-    b = jnp.asarray(truth, jnp.float32) / 255.0
-    psnr = np.asarray(dm_pix.psnr(a, b))
-    psnr = np.where(np.isfinite(psnr), psnr, 100.0)          # identical images: cap at 100 dB
-    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(np.asarray(dm_pix.ssim(a, b))))}
+def calibration_records(data_root: str, ev_cfg, *, split: str = "test") -> list[dict]:
+    return held_out_records(data_root, "video", ev_cfg.calib_clips or 10 ** 9, split=split)
 
 
-def _resize(frames: np.ndarray, size: int) -> np.ndarray:
-    return np.stack([chunking.resize_square(np.asarray(f), size) for f in frames])
+def _key(item) -> str:
+    return str(item[1]["key"] if isinstance(item, tuple) else item["key"])
 
 
-def _cos(e: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.mean(e @ ref))
-
-
-def evaluate_video(generator, record: dict, ev: Evaluators, *, seed: int = 0) -> dict:
-    """One test clip in animate mode along its true trajectory (module docstring)."""
-    res = int(generator.resolution)
-    truth = _resize(record["frames"], res)                              # [F, R, R, 3]
-    poses = views_lib.relative_to(np.asarray(record["pose"], np.float32), np.asarray(record["pose"][0]))
-    audio = np.asarray(record["audio"], np.float32)
-    gen = np.concatenate(list(generator.video(audio, reference=truth[0], poses=poses, seed=seed)), axis=0)
-    n = min(len(gen), len(truth))
-    gen, truth = gen[:n], truth[:n]
-    boxes = np.asarray(record["mouth_box"][:n], np.float32)
-    vis = np.asarray(record["viseme"][:n], np.int32)
-    ref = ev.embed(truth[:1])[0]
-    valid = vis[vis >= 0]
-    out = image_metrics(gen, truth)
-    out.update(lip_acc=ev.lip_accuracy(gen, boxes, vis), lip_acc_gt=ev.lip_accuracy(truth, boxes, vis),
-               lip_majority=float(np.max(np.bincount(valid)) / max(len(valid), 1)) if len(valid) else 0.0,
-               id_cos=_cos(ev.embed(gen), ref), id_cos_gt=_cos(ev.embed(truth), ref))
+def _mean_systems(rows: Sequence[dict]) -> dict:
+    out = {}
+    for s in modes_lib.SYSTEMS:
+        keys = [k for k in rows[0]["systems"].get(s, {})] if rows and s in rows[0]["systems"] else []
+        if keys:
+            out[s] = {k: float(np.mean([r["systems"][s][k] for r in rows])) for k in keys}
     return out
 
 
-def evaluate_multiview(generator, record: dict, ev: Evaluators, *, seed: int = 0) -> dict:
-    """One test multi-view set: view 0 is the reference, the others are generated at their
-    true camera poses (relative to view 0), at most ``motion_max_seq_length - 1`` of them."""
-    res = int(generator.resolution)
-    truth = _resize(record["frames"], res)                              # [V, R, R, 3]
-    pose = np.asarray(record["pose"], np.float32)
-    v = min(len(truth), int(getattr(generator, "max_frames", len(truth))))
-    poses = views_lib.relative_to(pose[1:v], pose[0])
-    gen = generator.multiview(poses, reference=truth[0], seed=seed)
-    out = image_metrics(gen, truth[1:v])
-    out["id_cos"] = _cos(ev.embed(gen), ev.embed(truth[:1])[0])
-    return out
-
-
-def _mean(rows: Sequence[dict], keys) -> dict:
-    return {k: float(np.mean([r[k] for r in rows])) for k in keys} if rows else {}
-
-
-def evaluate(generator, video_records: Sequence[dict], multiview_records: Sequence[dict], ev: Evaluators, *,
-             seed: int = 0, progress: Optional[Callable[[str], None]] = None) -> dict:
-    """Mean metrics over the given test records (``{"video": {...}, "multiview": {...}}``) plus
-    the per-record rows."""
-    vid, mv = [], []
-    for i, r in enumerate(video_records):
-        vid.append(dict(key=str(r["key"]), **evaluate_video(generator, r, ev, seed=seed + i)))
-        if progress:
-            progress(f"video {i + 1}/{len(video_records)}")
-    for i, r in enumerate(multiview_records):
-        mv.append(dict(key=str(r["key"]), **evaluate_multiview(generator, r, ev, seed=seed + i)))
-        if progress:
-            progress(f"multiview {i + 1}/{len(multiview_records)}")
-    return {"video": _mean(vid, VIDEO_METRICS), "multiview": _mean(mv, MULTIVIEW_METRICS),
-            "num_video": len(vid), "num_multiview": len(mv), "rows": {"video": vid, "multiview": mv}}
-
-
-def held_out_records(data_root: str, stream: str, num: int, *, split: str = "test") -> list[dict]:
-    """The first ``num`` usable records of one stream of a split (distinct identities first)."""
-    from data_pipelines.sources import default_spec, make_source
-    src = make_source(default_spec(stream, data_root, split), stream, split=split, root=data_root)
-    recs, seen, rest = [], set(), []
-    for i in range(len(src)):
-        r = src[i]
-        if r is None:
+def evaluate(generators: Mapping, inputs: Inputs, ev: Evaluators, *, modes: Sequence[str] = MODES,
+             seed: int = 0, opts: Options = Options(), keep_frames: bool = False,
+             progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Every mode over its records for ``generators`` (``{"model": gen, "untrained": gen}``;
+    either may be absent, e.g. in tests) -> ``{"modes": {mode: {"n", "metrics", "systems":
+    {system: {metric: mean}}, "note"} | {"skipped": why}}, "keys": {mode: [record keys]},
+    "rows": ..., "calibration": ..., "seed"}``; with ``keep_frames`` also ``"frames"``: the
+    first record's frames of each mode (``{mode: {system: uint8 [N, R, R, 3]}}``, for a strip).
+    Record ``i`` of every mode is generated with seed ``seed + i`` by every generator."""
+    if ev.threshold is None:
+        raise ValueError("evaluate: calibrate the identity verifier first (Evaluators.calibrate)")
+    out = {"modes": {}, "keys": {}, "rows": {}, "seed": seed, "calibration": dict(ev.calibration)}
+    frames = {}
+    for mode in modes:
+        if mode not in modes_lib.MODE_FNS:
+            raise ValueError(f"eval.modes: unknown mode {mode!r} (known: {list(modes_lib.MODES)})")
+        items = list(inputs.for_mode(mode))
+        if not items:
+            out["modes"][mode] = {"skipped": "no held-out records for this mode in the corpus"}
             continue
-        (rest if int(r["id_label"]) in seen else recs).append(r)
-        seen.add(int(r["id_label"]))
-    return (recs + rest)[:num]
+        rows = []
+        try:
+            for i, item in enumerate(items):
+                sc = modes_lib.MODE_FNS[mode](generators, item, ev, seed=seed + i, opts=opts)
+                rows.append({"key": _key(item), "systems": sc.systems, "note": sc.note})
+                if keep_frames and i == 0:
+                    frames[mode] = sc.frames
+                if progress:
+                    progress(f"{mode} {i + 1}/{len(items)}")
+        except Skip as why:
+            out["modes"][mode] = {"skipped": str(why)}
+            continue
+        note = {k: float(np.mean([r["note"][k] for r in rows])) for k in rows[0]["note"]}
+        out["modes"][mode] = {"n": len(rows), "metrics": modes_lib.metric_names(mode, rows),
+                              "systems": _mean_systems(rows), "note": note}
+        out["keys"][mode] = [r["key"] for r in rows]
+        out["rows"][mode] = rows
+    if keep_frames:
+        out["frames"] = frames
+    return out
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{'stream':10s} {'metric':13s} {'value':>8s}", "-" * 33]
-    for stream in ("video", "multiview"):
-        for k, v in result[stream].items():
-            lines.append(f"{stream:10s} {k:13s} {v:8.3f}")
-    lines.append(f"({result['num_video']} clips, {result['num_multiview']} multi-view sets)")
-    return "\n".join(lines)
+    return report.format_markdown(result)
+
+
+def quick_eval(generator, records: Sequence[dict], evaluators: Evaluators, *, seed: int = 0,
+               columns: int = 8) -> dict:
+    """A cheap held-out check for the training loop: animate mode on ``records`` for the model
+    alone, beside the copy-reference and majority baselines (which need no generation).
+    -> ``{"scalars": {"animate/psnr": ..., "animate/psnr_copy_reference": ...,
+    "animate/lip_acc_majority": ..., ...}, "strip": uint8 [2R, columns*R, 3]}`` (true frames
+    above generated ones, first record). ``evaluators`` must be calibrated
+    (``Evaluators.calibrate`` on held-out clips, once, before the loop) unless ``records`` hold
+    two identities or more, then they calibrate it."""
+    if not records:
+        raise ValueError("quick_eval: no records")
+    if evaluators.threshold is None:
+        evaluators.calibrate(records, resolution=int(generator.resolution))
+    rows, strip = [], None
+    for i, r in enumerate(records):
+        sc = modes_lib.animate({"model": generator}, r, evaluators, seed=seed + i)
+        rows.append(sc.systems)
+        if strip is None:
+            strip = report.frames_strip({"animate": sc.frames}, columns=columns)
+    scalars = {}
+    for system, suffix in (("model", ""), ("copy_reference", "_copy_reference"), ("majority", "_majority")):
+        for k in rows[0][system]:
+            scalars[f"animate/{k}{suffix}"] = float(np.mean([row[system][k] for row in rows]))
+    return {"scalars": scalars, "strip": strip}

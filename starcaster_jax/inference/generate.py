@@ -44,15 +44,16 @@ import numpy as np
 from flax import nnx
 from starcaster_jax.models.rngs import InitRngs
 
-from starcaster_jax.diffusion.guidance import guided_model_fn
-from starcaster_jax.diffusion.samplers import SAMPLERS, sample
+from starcaster_jax.diffusion.chunk import sample_chunk
+from starcaster_jax.diffusion.samplers import SAMPLERS
 from starcaster_jax.diffusion.schedules import make_schedule
 from starcaster_jax.inference import chunking
 from starcaster_jax.inference import views as views_lib
 from starcaster_jax.inference.chunking import (FPS, MIN_AUDIO_SECONDS, SAMPLE_RATE, SAMPLES_PER_FRAME, Chunk,
                                                GenerationError, check_speech, chunk_audio, normalize_embedding,
                                                num_output_frames, plan_chunks)
-from starcaster_jax.models.audio.alignment import features_to_frames, frame_windows, select_layers
+from starcaster_jax.models.audio.alignment import encode_windows
+from starcaster_jax.weights.vae import load_vae, vae_path_from_config
 
 __all__ = ["FPS", "SAMPLE_RATE", "SAMPLES_PER_FRAME", "MIN_AUDIO_SECONDS", "GenerationError",
            "Chunk", "SamplingSettings", "Generator", "plan_chunks", "num_output_frames",
@@ -62,16 +63,8 @@ __all__ = ["FPS", "SAMPLE_RATE", "SAMPLES_PER_FRAME", "MIN_AUDIO_SECONDS", "Gene
 
 # ----------------------------------------------------------------------------- audio
 
-def chunk_audio_windows(encoder, audio: jax.Array, num_frames: int, window: int, layers=None) -> jax.Array:
-    """``audio [B, (F + 2w) * 640]`` (F frames with w frames of audio context each side) ->
-    per-frame windows ``[B, F, 2w+1, L, D]`` for the model's ``AudioProjector``.
-
-    Encode the whole span, interpolate to ``F + 2w`` frames, take ±w windows and keep the
-    middle ``F``: every window holds real neighbouring audio, never edge repeats.
-    """
-    hidden = select_layers(encoder.encode(audio), layers)            # [B, T50, L, D]
-    frames = features_to_frames(hidden, num_frames + 2 * window)     # [B, F+2w, L, D]
-    return frame_windows(frames, window)[:, window:window + num_frames]  # [B, F, 2w+1, L, D]
+# The training objective calls the same function (training/losses.py): one span, one encoding.
+chunk_audio_windows = encode_windows
 
 
 def load_speech(path: str) -> np.ndarray:
@@ -152,6 +145,7 @@ class SamplingSettings:
     audio_cfg: float = 2.0
     id_cfg: float = 1.5
     eta: float = 0.0
+    spacing: str = "trailing"   # DDPM timestep grid (diffusion.timestep_spacing)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -165,7 +159,7 @@ class SamplingSettings:
     def from_config(cls, config, **overrides) -> "SamplingSettings":
         d = config.diffusion
         kw = dict(sampler=d.sampler, steps=int(d.sample_steps), audio_cfg=float(d.audio_cfg),
-                  id_cfg=float(d.id_cfg))
+                  id_cfg=float(d.id_cfg), spacing=str(d.timestep_spacing))
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
 
@@ -192,6 +186,7 @@ class Generator:
             raise ValueError(f"view_reference: expected 'chunk' or 'video', got {view_reference!r}")
         self.config = config
         self.identity_fn = identity_fn
+        self.strict_reference = bool(config.train.strict_reference)
         self.view_reference = view_reference
         self.resolution = int(config.data.resolution)
         self.context_frames = int(config.data.context_frames)              # K
@@ -263,25 +258,17 @@ class Generator:
             # view [1, T, 6], drop_view [1] bool (True: no view condition, the trained null
             # view; one compiled function serves both), id_emb [1, 512] | None, rng: key
             self.trace_counts["chunk"] += 1
-            model = self._merge(states, "model")
             windows = None
             if audio is not None:
-                windows = chunk_audio_windows(self._merge(states, "audio"), audio, slots, window, layers)
-            cond = {"id_emb": id_emb, "audio_windows": windows, "view": view, "drop_view": drop_view,
-                    "context_mask": context_mask}
-
-            def cond_model_fn(x, t, c):
-                return model(x, t, id_emb=c["id_emb"], audio_windows=c["audio_windows"], view=c["view"],
-                             context_mask=c["context_mask"], drop_id=c["drop_id"],
-                             drop_audio=c["drop_audio"], drop_view=c["drop_view"])
-
-            fn = guided_model_fn(cond_model_fn, cond, s_id=s_id, s_audio=s_audio)
+                windows = encode_windows(self._merge(states, "audio"), audio, slots, window, layers)
             k_noise, k_eta = jax.random.split(rng)
             noise = jax.random.normal(k_noise, context.shape, jnp.float32)
-            return sample(fn, noise, schedule=self.schedule, objective=self.objective,
-                          sampler=settings.sampler, steps=int(settings.steps), context=context,
-                          context_mask=context_mask, eta=float(settings.eta),
-                          rng=k_eta if settings.eta > 0 else None)
+            return sample_chunk(self._merge(states, "model"), noise, context=context,
+                                context_mask=context_mask, id_emb=id_emb, audio_windows=windows,
+                                view=view, drop_view=drop_view, schedule=self.schedule,
+                                objective=self.objective, sampler=settings.sampler,
+                                steps=int(settings.steps), spacing=settings.spacing,
+                                s_id=s_id, s_audio=s_audio, eta=float(settings.eta), rng=k_eta)
 
         fn = jax.jit(run)
         self._chunk_fns[key] = fn
@@ -312,6 +299,13 @@ class Generator:
                                          self.chunk_frames - self.context_frames)
 
     def _resolve_identity(self, reference, id_emb):
+        if self.strict_reference:
+            # The strict_reference ablation never trained identity tokens: the reference frame
+            # (context) is its only identity signal, so no identity branch and no id_cfg.
+            if reference is None:
+                raise GenerationError("this checkpoint was trained with train.strict_reference "
+                                      "(no identity tokens): give a --reference image")
+            return None
         if id_emb is not None:
             return normalize_embedding(id_emb, "identity embedding")
         if reference is not None:
@@ -507,9 +501,8 @@ def load_parts(path: str, *, config=None, use_ema: bool = True, need_identity: b
         except (ValueError, FileNotFoundError, OSError) as e:
             raise GenerationError(f"encoders_dir {enc_dir}: cannot load {name!r} ({str(e).splitlines()[0]})") from None
 
-    vae_path = mc.get("vae_checkpoint", "") or mc.get("pretrained", {}).get("vae", "")
+    vae_path = vae_path_from_config(mc)
     if vae_path:
-        from starcaster_jax.weights.vae import load_vae
         vae = load_vae(_resolve_dir(vae_path, path))[0]
     else:
         vae = builtin("vae")

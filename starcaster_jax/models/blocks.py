@@ -95,15 +95,15 @@ class BasicTransformerBlock(nnx.Module):
     """
 
     def __init__(self, dim: int, heads: int, *, cross_dim: int | None, audio_dim: int | None = None,
-                 rngs: nnx.Rngs, dtype=None):
+                 rngs: nnx.Rngs, dtype=None, implementation: str = ""):
+        impl = dict(rngs=rngs, dtype=dtype, implementation=implementation)
         self.norm1 = LayerNorm(dim, rngs=rngs, dtype=dtype)
-        self.attn1 = Attention(dim, heads=heads, rngs=rngs, dtype=dtype)
+        self.attn1 = Attention(dim, heads=heads, **impl)
         self.norm2 = LayerNorm(dim, rngs=rngs, dtype=dtype)
-        self.attn2 = Attention(dim, context_dim=cross_dim, heads=heads, rngs=rngs, dtype=dtype)
+        self.attn2 = Attention(dim, context_dim=cross_dim, heads=heads, **impl)
         if audio_dim:
             self.norm_audio = LayerNorm(dim, rngs=rngs, dtype=dtype)
-            self.attn_audio = Attention(dim, context_dim=audio_dim, heads=heads, zero_out=True,
-                                        rngs=rngs, dtype=dtype)
+            self.attn_audio = Attention(dim, context_dim=audio_dim, heads=heads, zero_out=True, **impl)
         else:
             self.norm_audio = self.attn_audio = None
         self.norm3 = LayerNorm(dim, rngs=rngs, dtype=dtype)
@@ -130,13 +130,14 @@ class Transformer2DModel(nnx.Module):
 
     def __init__(self, ch: int, heads: int, *, cross_dim: int | None, audio_dim: int | None,
                  groups: int = 32, num_layers: int = 1, use_linear_projection: bool = False,
-                 rngs: nnx.Rngs, dtype=None):
+                 rngs: nnx.Rngs, dtype=None, implementation: str = ""):
         self.norm = GroupNorm(ch, groups, eps=1e-6, rngs=rngs, dtype=dtype)
         # A 1x1 conv and a Linear are the same map channels-last; keep them as Dense (the
         # importer folds diffusers' [O, I, 1, 1] conv kernels).
         self.proj_in = Dense(ch, ch, names=("conv_in", "conv_out"), rngs=rngs, dtype=dtype)
         self.transformer_blocks = nnx.List([
-            BasicTransformerBlock(ch, heads, cross_dim=cross_dim, audio_dim=audio_dim, rngs=rngs, dtype=dtype)
+            BasicTransformerBlock(ch, heads, cross_dim=cross_dim, audio_dim=audio_dim, rngs=rngs, dtype=dtype,
+                                  implementation=implementation)
             for _ in range(num_layers)])
         self.proj_out = Dense(ch, ch, names=("conv_in", "conv_out"), rngs=rngs, dtype=dtype)
         self.use_linear_projection = use_linear_projection

@@ -1,4 +1,4 @@
-"""The six built-in encoders trained on the built-in corpus: how they are saved, found and loaded.
+"""The seven built-in encoders trained on the built-in corpus: how they are saved, found and loaded.
 
 ``python -m launch.train_encoders`` writes ``<workdir>/encoders/<name>/`` for every name of
 ``ENCODER_NAMES``; training, generation and evaluation code load them with ``load``::
@@ -13,6 +13,8 @@
                                                  EVALUATES identity consistency
     lip_loss        lipreading.LipReader         frozen inside the stage-2 lip-reading loss
     lip_eval        lipreading.LipReader         independently trained: only EVALUATES lip sync
+    pose_eval       pose_regressor.PoseRegressor frame -> head (yaw, pitch, roll): only EVALUATES
+                                                 motion diversity
 
 A metric is never computed by the network that conditioned (or supervised) the model, hence two
 identity encoders and two lip readers.
@@ -39,11 +41,12 @@ import numpy as np
 from flax import nnx
 from starcaster_jax.models.rngs import InitRngs
 
-ENCODER_NAMES = ("vae", "audio", "identity_cond", "identity_eval", "lip_loss", "lip_eval")
+ENCODER_NAMES = ("vae", "audio", "identity_cond", "identity_eval", "lip_loss", "lip_eval", "pose_eval")
 
 # kind -> the names that must hold that kind
 _NAME_KIND = {"vae": "vae", "audio": "builtin_audio", "identity_cond": "builtin_identity",
-              "identity_eval": "builtin_identity", "lip_loss": "lip_reader", "lip_eval": "lip_reader"}
+              "identity_eval": "builtin_identity", "lip_loss": "lip_reader", "lip_eval": "lip_reader",
+              "pose_eval": "pose_regressor"}
 PARAMS_DIR, CONFIG_FILE, METRICS_FILE = "params", "config.json", "metrics.json"
 
 
@@ -55,8 +58,10 @@ def _kinds() -> dict[str, tuple[type, type]]:
     from starcaster_jax.models.audio.builtin import BuiltinAudioConfig, BuiltinAudioEncoder
     from starcaster_jax.models.identity.builtin import BuiltinIdentityConfig, BuiltinIdentityEncoder
     from starcaster_jax.models.lipreading import LipReader, LipReaderConfig
+    from starcaster_jax.models.pose_regressor import PoseRegressor, PoseRegressorConfig
     from starcaster_jax.models.vae import AutoencoderKL, VAEConfig
     return {"vae": (AutoencoderKL, VAEConfig),
+            "pose_regressor": (PoseRegressor, PoseRegressorConfig),
             "builtin_audio": (BuiltinAudioEncoder, BuiltinAudioConfig),
             "builtin_identity": (BuiltinIdentityEncoder, BuiltinIdentityConfig),
             "lip_reader": (LipReader, LipReaderConfig)}

@@ -207,8 +207,12 @@ def _frozen(model: LipReader) -> LipReader:
 
 
 def lip_loss(model: LipReader, gen_frames: jax.Array, gt_frames: jax.Array, boxes: jax.Array,
-             weights: jax.Array | None = None, eps: float = 1e-6) -> jax.Array:
-    """Lip-reading loss: weighted mean over frames of ``1 - cos(feat(gen), feat(gt))``.
+             weights: jax.Array | None = None, eps: float = 1e-6, normalizer=None) -> jax.Array:
+    """Lip-reading loss: ``sum(w * (1 - cos(feat(gen), feat(gt)))) / normalizer``.
+
+    ``normalizer`` (e.g. the number of supervised frames) defaults to ``sum(w)``. Pass the
+    frame count when ``w`` carries a noise weighting: dividing by ``sum(w)`` would undo it
+    whenever a batch's frames share one noise level.
 
     ``model`` is the frozen lip reader: its parameters are wrapped in ``stop_gradient`` here, so even
     when a caller differentiates w.r.t. a state that includes it, no gradient reaches it. The
@@ -224,7 +228,8 @@ def lip_loss(model: LipReader, gen_frames: jax.Array, gt_frames: jax.Array, boxe
     if weights is None:
         return per_frame.mean()
     weights = weights.astype(per_frame.dtype)
-    return jnp.sum(weights * per_frame) / jnp.maximum(jnp.sum(weights), eps)
+    norm = jnp.sum(weights) if normalizer is None else jnp.asarray(normalizer, per_frame.dtype)
+    return jnp.sum(weights * per_frame) / jnp.maximum(norm, eps)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ keeps the train state (and its checkpoints) exactly what is trained.
 """
 from __future__ import annotations
 
+import jax.numpy as jnp
 import ml_collections as mlc
 from flax import nnx
 
@@ -32,17 +33,18 @@ class STARCaster(nnx.Module):
     """``unet`` + ``id_proj`` (identity embedding -> tokens) + ``audio_proj`` (feature windows -> tokens)."""
 
     def __init__(self, model_cfg: mlc.ConfigDict, *, rngs: nnx.Rngs):
-        ucfg = UNetConfig.from_dict(model_cfg.unet.to_dict())
+        ucfg = UNetConfig.from_dict(dict(model_cfg.unet.to_dict(), attention_impl=model_cfg.attention_impl))
         self.unet = UNet(ucfg, rngs=rngs)
+        dtype = jnp.dtype(self.unet.cfg.dtype)  # the projectors compute in the denoiser's dtype
         idc = model_cfg.identity
         self.id_proj = IdentityProjector(embed_dim=idc.embed_dim, num_tokens=idc.num_tokens,
-                                         dim=ucfg.cross_attention_dim, rngs=rngs)
+                                         dim=ucfg.cross_attention_dim, rngs=rngs, dtype=dtype)
         if ucfg.audio_dim:
             ac = model_cfg.audio
             n_layers, in_dim = audio_feature_shape(ac)
             self.audio_proj = AudioProjector(window=ac.window, num_layers=n_layers, in_dim=in_dim,
                                              out_dim=ucfg.audio_dim, num_tokens=ac.num_tokens,
-                                             hidden_dim=ac.proj_hidden, rngs=rngs)
+                                             hidden_dim=ac.proj_hidden, rngs=rngs, dtype=dtype)
         else:
             self.audio_proj = None
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from starcaster_jax.models.attention import dot_product_attention
+from starcaster_jax.models.attention import dot_product_attention, temporal_implementation
 from starcaster_jax.models.blocks import FeedForward
 from starcaster_jax.models.layers import Dense, GroupNorm, LayerNorm
 
@@ -41,8 +41,9 @@ class FrameAttention(nnx.Module):
     replaces the plain attention when frames are sharded over a mesh axis.
     """
 
-    def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs, dtype=None):
+    def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs, dtype=None, implementation: str = ""):
         self.heads, self.head_dim = heads, dim // heads
+        self.implementation = implementation  # model.attention_impl; splash maps to XLA here
         self.to_q = Dense(dim, dim, use_bias=False, names=("embed", "heads"), rngs=rngs, dtype=dtype)
         self.to_k = Dense(dim, dim, use_bias=False, names=("embed", "heads"), rngs=rngs, dtype=dtype)
         self.to_v = Dense(dim, dim, use_bias=False, names=("embed", "heads"), rngs=rngs, dtype=dtype)
@@ -53,18 +54,22 @@ class FrameAttention(nnx.Module):
         n, f, c = x.shape
         split = lambda y: y.reshape(n, f, self.heads, self.head_dim)  # noqa: E731
         q, k, v = split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x))
-        o = (attention_fn or dot_product_attention)(q, k, v)
+        if attention_fn is None:
+            o = dot_product_attention(q, k, v, implementation=temporal_implementation(self.implementation))
+        else:
+            o = attention_fn(q, k, v)
         return self.to_out(o.reshape(n, f, c))
 
 
 class TemporalBlock(nnx.Module):
     """AnimateDiff ``BasicTransformerBlock`` with ``double_self_attention`` and sinusoidal positions."""
 
-    def __init__(self, dim: int, heads: int, *, max_frames: int, rngs: nnx.Rngs, dtype=None):
+    def __init__(self, dim: int, heads: int, *, max_frames: int, rngs: nnx.Rngs, dtype=None,
+                 implementation: str = ""):
         self.norm1 = LayerNorm(dim, rngs=rngs, dtype=dtype)
-        self.attn1 = FrameAttention(dim, heads, rngs=rngs, dtype=dtype)
+        self.attn1 = FrameAttention(dim, heads, rngs=rngs, dtype=dtype, implementation=implementation)
         self.norm2 = LayerNorm(dim, rngs=rngs, dtype=dtype)
-        self.attn2 = FrameAttention(dim, heads, rngs=rngs, dtype=dtype)
+        self.attn2 = FrameAttention(dim, heads, rngs=rngs, dtype=dtype, implementation=implementation)
         self.norm3 = LayerNorm(dim, rngs=rngs, dtype=dtype)
         self.ff = FeedForward(dim, rngs=rngs, dtype=dtype)
         self.max_frames = max_frames
@@ -86,11 +91,13 @@ class TemporalTransformer(nnx.Module):
     """Motion module over ``[B*F, H, W, C]`` activations; ``view_emb: [B, F, Dv]`` optional."""
 
     def __init__(self, ch: int, heads: int, *, groups: int = 32, num_layers: int = 1,
-                 max_frames: int = 32, view_dim: int | None = None, rngs: nnx.Rngs, dtype=None):
+                 max_frames: int = 32, view_dim: int | None = None, rngs: nnx.Rngs, dtype=None,
+                 implementation: str = ""):
         self.norm = GroupNorm(ch, groups, eps=1e-6, rngs=rngs, dtype=dtype)
         self.proj_in = Dense(ch, ch, names=("conv_in", "conv_out"), rngs=rngs, dtype=dtype)
         self.transformer_blocks = nnx.List([
-            TemporalBlock(ch, heads, max_frames=max_frames, rngs=rngs, dtype=dtype)
+            TemporalBlock(ch, heads, max_frames=max_frames, rngs=rngs, dtype=dtype,
+                          implementation=implementation)
             for _ in range(num_layers)])
         # zero-initialised like AnimateDiff: a fresh motion module is the identity.
         self.proj_out = Dense(ch, ch, names=("conv_in", "conv_out"), zero=True, rngs=rngs, dtype=dtype)

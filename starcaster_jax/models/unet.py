@@ -54,8 +54,9 @@ class UNetConfig:
     view_dim: int | None = 256
     use_context_embedding: bool = True
     # numerics / memory
-    dtype: str = "float32"
+    dtype: str = "float32"          # compute dtype; "auto" = bfloat16 on TPU/GPU, float32 on CPU
     remat_policy: str = "none"
+    attention_impl: str = ""        # model.attention_impl (attention.py; "" = platform default)
 
     @classmethod
     def from_dict(cls, d) -> "UNetConfig":
@@ -71,6 +72,18 @@ class UNetConfig:
     @property
     def temb_dim(self) -> int:
         return self.block_out_channels[0] * 4
+
+
+def resolve_dtype(name: str, platform: str | None = None) -> str:
+    """``model.unet.dtype`` -> a concrete compute dtype. "auto": bfloat16 on TPU and GPU (f32
+    master weights, loss, normalisation statistics and softmax stay f32), float32 on CPU where
+    XLA:CPU bf16 matmuls are slower and tests compare at f32 tolerances."""
+    if name == "auto":
+        return "bfloat16" if (platform or jax.default_backend()) in ("tpu", "gpu") else "float32"
+    try:
+        return jnp.dtype(name).name
+    except TypeError:
+        raise ValueError(f"model.unet.dtype: expected auto|float32|bfloat16, got {name!r}") from None
 
 
 def _remat(policy_name: str, fn: Callable) -> Callable:
@@ -96,12 +109,14 @@ class _Stage(nnx.Module):
         self.attentions = nnx.List([
             Transformer2DModel(out_ch, cfg.num_attention_heads, cross_dim=cfg.cross_attention_dim,
                                audio_dim=cfg.audio_dim, groups=g, num_layers=cfg.transformer_layers_per_block,
-                               use_linear_projection=cfg.use_linear_projection, rngs=rngs, dtype=dtype)
+                               use_linear_projection=cfg.use_linear_projection, rngs=rngs, dtype=dtype,
+                               implementation=cfg.attention_impl)
             for _ in range(n_mix)]) if cross_attn else None
         self.motion_modules = nnx.List([
             TemporalTransformer(out_ch, cfg.motion_num_attention_heads, groups=g,
                                 num_layers=cfg.temporal_layers_per_block, max_frames=cfg.motion_max_seq_length,
-                                view_dim=cfg.view_dim, rngs=rngs, dtype=dtype)
+                                view_dim=cfg.view_dim, rngs=rngs, dtype=dtype,
+                                implementation=cfg.attention_impl)
             for _ in range(n_mix)]) if temporal else None
         self.downsamplers = nnx.List([Downsample2D(out_ch, rngs=rngs, dtype=dtype)]) if resample == "down" else None
         self.upsamplers = nnx.List([Upsample2D(out_ch, rngs=rngs, dtype=dtype)]) if resample == "up" else None
@@ -116,11 +131,22 @@ class _Stage(nnx.Module):
             return h
         return _remat(remat, body)(self, h, temb, ctx, aud, vemb)
 
+    def mid(self, h, temb, ctx, aud, vemb, f, remat, attention_fn):
+        """The mid block (resnet -> transformer -> [temporal] -> resnet), under the same remat policy."""
+        def body(stage, h, temb, ctx, aud, vemb):
+            h = stage.resnets[0](h, temb)
+            h = stage.attentions[0](h, ctx, aud)
+            if stage.motion_modules is not None:
+                h = stage.motion_modules[0](h, f, vemb, attention_fn)
+            return stage.resnets[1](h, temb)
+        return _remat(remat, body)(self, h, temb, ctx, aud, vemb)
+
 
 class UNet(nnx.Module):
     """STARCaster spatio-temporal denoiser. See the module docstring for the layout."""
 
     def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs):
+        cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype))  # the graph records the real one
         self.cfg = cfg
         dtype = jnp.dtype(cfg.dtype)
         ch = cfg.block_out_channels
@@ -210,12 +236,7 @@ class UNet(nnx.Module):
                 h = stage.downsamplers[0](h)
                 skips.append(h)
 
-        mid = self.mid_block
-        h = mid.resnets[0](h, temb)
-        h = mid.attentions[0](h, ctx, aud)
-        if mid.motion_modules is not None:
-            h = mid.motion_modules[0](h, f, vemb, self.temporal_attention_fn)
-        h = mid.resnets[1](h, temb)
+        h = self.mid_block.mid(h, *args)
 
         for stage in self.up_blocks:
             for i in range(len(stage.resnets)):

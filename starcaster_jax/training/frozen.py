@@ -5,7 +5,8 @@ They are kept out of the train state (checkpoints hold exactly what is trained) 
 the compiled step as *arguments* (replicated arrays), not closed over, so their weights never
 become HLO constants. Where each comes from, first match wins:
 
-    vae       model.vae_checkpoint (diffusers dir) | <encoders_dir>/vae | random (tests only)
+    vae       model.vae_checkpoint | model.pretrained.vae (diffusers dirs; the rule inference
+              shares: weights/vae.vae_path_from_config) | <encoders_dir>/vae | random (tests only)
     audio     model.audio.wav2vec2_path | <encoders_dir>/audio | random (tests only)
     identity  <encoders_dir>/identity_cond (model.identity.encoder_checkpoint overrides)
     lip       <encoders_dir>/lip_loss (train.lip_checkpoint overrides) | random (tests only)
@@ -24,6 +25,7 @@ from flax import nnx
 from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.models.vae import VAEConfig, create_vae
+from starcaster_jax.weights.vae import load_vae, vae_path_from_config
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +83,8 @@ def build_frozen(config) -> dict[str, nnx.Module]:
     nets: dict[str, nnx.Module] = {}
     m = config.model
     # VAE
-    if m.get("vae_checkpoint", ""):
-        from starcaster_jax.weights.vae import load_vae
-        nets["vae"] = load_vae(m.vae_checkpoint)[0]
+    if vae_path_from_config(m):
+        nets["vae"] = load_vae(vae_path_from_config(m))[0]
     else:
         vae = _from_dir(config, "vae")
         if vae is None:

@@ -11,6 +11,7 @@ last checkpoint, and a restart resumes bit-exactly (same params, same next batch
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -151,16 +152,20 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
             done = step >= total or (stop_after and steps_this_call >= stop_after)
             timeout = stop_now
             if step % log_every == 0 or done or timeout:    # the last partial interval too
+                # Each step kind is its own curve: video/loss and video_sf/loss are different
+                # objectives and averaging them would hide both.
+                kind_counts = collections.Counter(k for k, _ in pending)
                 for k, m in jax.device_get(pending):
-                    writer.add(k.replace("video_sf", "video"), m)
+                    writer.add(k, m)
                 pending.clear()
                 dt = time.perf_counter() - t_log
                 extra = {"perf/steps_per_s": n_log / dt, "perf/examples_per_s": ex_log / dt,
                          "skipped_total": float(jax.device_get(state.skipped))}
-                f = np.mean([flops[k] or 0.0 for k in seen]) if seen else 0.0
+                # FLOPs of the interval: each kind's compiled cost times how often it ran.
+                f = sum((flops[k] or 0.0) * n for k, n in kind_counts.items())
                 if f:
                     peak = peak or device_peak_flops()
-                    extra["perf/mfu"] = f * n_log / dt / peak
+                    extra["perf/mfu"] = f / dt / peak
                 writer.write(step, extra)
                 t_log, n_log, ex_log = time.perf_counter(), 0, 0
 

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 STREAM_NAMES = {0: "video", 1: "multiview"}
 # What the steps read from a batch (everything else stays on the host).
-BATCH_KEYS = ("stream", "frames", "audio", "pose", "pose_valid", "mouth_box", "identity", "id_vector")
+BATCH_KEYS = ("stream", "frames", "audio", "pose", "pose_valid", "mouth_box", "identity", "id_vector",
+              "id_vector_valid")
 
 
 class Trainer:

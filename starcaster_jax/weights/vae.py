@@ -107,6 +107,16 @@ def vae_from_torch_state_dict(model: AutoencoderKL, sd: Mapping[str, Any], *,
     return model
 
 
+def vae_path_from_config(model_cfg) -> str:
+    """The imported VAE a config names, or "" (use the built-in one from ``encoders_dir``).
+
+    The one rule training (``training/frozen.py``) and inference (``inference/generate.py``)
+    share, so a model never trains on one VAE's latents and decodes with another:
+    ``model.vae_checkpoint`` wins, else ``model.pretrained.vae``.
+    """
+    return str(model_cfg.vae_checkpoint or model_cfg.pretrained.vae or "")
+
+
 def resolve_vae_dir(path: str) -> str:
     """A diffusers VAE directory, or an SD pipeline root holding ``vae/`` (which wins when the
     root has no ``config.json`` of its own, or is a pipeline: ``model_index.json``)."""

@@ -122,3 +122,19 @@ def audio_tokens(encoder, projector: AudioProjector, audio: jax.Array, num_frame
     hidden = select_layers(encoder.encode(audio), layers)    # [B, T50, L, D]
     frames = features_to_frames(hidden, num_frames)         # [B, F, L, D]
     return projector(frame_windows(frames, projector.window))  # [B, F, N_a, D_out]
+
+
+def encode_windows(encoder, audio: jax.Array, num_frames: int, window: int,
+                   layers: Sequence[int] | None = None) -> jax.Array:
+    """``audio [B, (F + 2w) * 640]`` (F frames with w frames of audio context each side) ->
+    per-frame windows ``[B, F, 2w+1, L, D]`` for the model's ``AudioProjector``.
+
+    The one function training and inference both call: the encoder sees exactly the span of
+    one chunk (the built-in encoder normalises per clip, wav2vec2 attends over the whole span,
+    so a longer span would give other tokens). Encode the span, interpolate to ``F + 2w``
+    frames, take ±w windows and keep the middle ``F``: every window holds real neighbouring
+    audio, never edge repeats.
+    """
+    hidden = select_layers(encoder.encode(audio), layers)            # [B, T50, L, D]
+    frames = features_to_frames(hidden, num_frames + 2 * window)     # [B, F+2w, L, D]
+    return frame_windows(frames, window)[:, window:window + num_frames]  # [B, F, 2w+1, L, D]

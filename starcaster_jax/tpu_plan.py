@@ -1,0 +1,404 @@
+"""What a config costs on a Cloud TPU slice, found without a TPU.
+
+With ``libtpu`` installed (the ``tpu`` extra), ``jax.experimental.topologies`` describes the
+chips of a real TPU topology on any machine; every program a config runs is lowered with
+abstract, sharded inputs (no parameter is ever allocated) and compiled by XLA:TPU/Mosaic, whose
+``memory_analysis()`` / ``cost_analysis()`` and compiled HLO give per-chip memory, FLOPs and
+collective traffic (MaxText's ``train_compile.py`` pattern). ``launch/train_compile.py`` prints
+the result; ``tests/test_tpu_aot.py`` checks it.
+
+Programs: one gradient program per train step kind (``video``, ``video_sf``, ``multiview``), the
+shared update program, and the generation chunk program (batch 1: replicated activations there
+are expected; its parameters are sharded like the trainer's).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from starcaster_jax import sharding as shd
+
+SAMPLES_PER_FRAME = 640  # 16 kHz audio at 25 fps (data_pipelines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """Published per-chip facts (cloud.google.com/tpu/docs: v5p, v6e, v5e system architecture)."""
+    name: str
+    hbm_bytes: float          # HBM capacity
+    peak_bf16: float          # dense bf16 FLOP/s
+    hbm_bw: float             # bytes/s
+    ici_bw: float             # bytes/s, inter-chip interconnect per chip (all links)
+    chips_per_host: int
+
+
+CHIPS = {
+    "v5p": Chip("TPU v5p", 95e9, 459e12, 2765e9, 4800e9 / 8, 4),
+    "v6e": Chip("TPU v6e", 32e9, 918e12, 1640e9, 3584e9 / 8, 8),
+    "v5e": Chip("TPU v5e", 16e9, 197e12, 819e9, 1600e9 / 8, 4),
+}
+
+# slice name -> (chip, topology, chips-per-host bounds). v5p names count TensorCores (2/chip).
+TOPOLOGIES = {
+    "v5p-8": ("v5p", "2x2x1", (2, 2, 1)),
+    "v5p-64": ("v5p", "2x4x4", (2, 2, 1)),
+    "v6e-8": ("v6e", "2x4", (2, 4, 1)),
+    "v5e-16": ("v5e", "4x4", (2, 2, 1)),
+}
+# Any "<chip>:<AxBxC>" works too (e.g. "v5p:2x2x1"), with the chip's default host bounds.
+_HOST_BOUNDS = {"v5p": (2, 2, 1), "v6e": (2, 4, 1), "v5e": (2, 2, 1)}
+
+
+def parse_topology(name: str) -> tuple[Chip, str, tuple[int, int, int]]:
+    if name in TOPOLOGIES:
+        chip, topo, bounds = TOPOLOGIES[name]
+        return CHIPS[chip], f"{chip}:{topo}", bounds
+    m = re.fullmatch(r"(v5p|v6e|v5e):(\d+(?:x\d+)+)", name)
+    if not m:
+        raise ValueError(f"--topology={name!r}: expected one of {sorted(TOPOLOGIES)} or "
+                         "'<v5p|v6e|v5e>:<AxB[xC]>'")
+    dims = [int(x) for x in m.group(2).split("x")]
+    bounds = tuple(min(d, b) for d, b in zip(dims + [1] * (3 - len(dims)), _HOST_BOUNDS[m.group(1)]))
+    return CHIPS[m.group(1)], name, bounds
+
+
+def topology_devices(name: str, num_slices: int = 1) -> tuple[Chip, list]:
+    """Real TPU device descriptions for ``name`` (needs libtpu), ordered slice-major so that the
+    mesh's leading ``data`` axis spans slices (DCN) and ``fsdp``/``tensor`` stay inside one (ICI)."""
+    from jax.experimental import topologies
+    chip, topo, bounds = parse_topology(name)
+    try:
+        desc = topologies.get_topology_desc(platform="tpu", topology_name=topo,
+                                            chip_config_name="default",
+                                            chips_per_host_bounds=bounds, num_slices=num_slices)
+    except Exception as e:  # libtpu missing or topology unknown to it
+        raise RuntimeError(f"TPU topology {topo!r}: {e} (install the `tpu` extra: "
+                           "pip install -e '.[tpu]')") from e
+    devices = sorted(desc.devices, key=lambda d: (getattr(d, "slice_index", 0) or 0, d.id))
+    return chip, devices
+
+
+def resolve_for_tpu(config) -> None:
+    """Fix the platform-dependent config choices to what a TPU run resolves them to (this host's
+    default backend is not the target's)."""
+    from starcaster_jax.models.attention import resolve_implementation
+    from starcaster_jax.models.unet import resolve_dtype
+    config.model.attention_impl = resolve_implementation(config.model.attention_impl, "tpu")
+    config.model.unet.dtype = resolve_dtype(config.model.unet.dtype, "tpu")
+
+
+def tpu_mesh(config, devices, num_slices: int = 1):
+    shape = {a: int(config.mesh[a]) for a in shd.MESH_AXES}
+    if num_slices > 1:
+        if shape["data"] in (1, -1):
+            shape["data"] = num_slices
+        if shape["data"] % num_slices:
+            raise ValueError(f"mesh.data={shape['data']}: must be a multiple of num_slices={num_slices}")
+    return shd.make_mesh(tuple(shape[a] for a in shd.MESH_AXES), devices=devices)
+
+
+# -- abstract inputs ---------------------------------------------------------------------------------
+def _with_sharding(tree, sharding_tree):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sharding_tree)
+
+
+def _replicated_abstract(tree, mesh):
+    rep = NamedSharding(mesh, P())
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), tree)
+
+
+def abstract_batch(config, mesh, kind: str, window_frames: int) -> dict:
+    """The pipeline's batch (the keys the steps read) as sharded ShapeDtypeStructs."""
+    b, r, w = int(config.data.batch_size), int(config.data.resolution), int(config.model.audio.window)
+    t = int(config.data.num_views) if kind == "multiview" else int(window_frames)
+    shapes = {"stream": ((b,), jnp.int32), "frames": ((b, t, r, r, 3), jnp.float32),
+              "audio": ((b, (t + 2 * w) * SAMPLES_PER_FRAME), jnp.float32),
+              "pose": ((b, t, 6), jnp.float32), "pose_valid": ((b,), jnp.bool_),
+              "mouth_box": ((b, t, 4), jnp.float32), "identity": ((b, 48), jnp.float32),
+              "id_vector": ((b, 48), jnp.float32)}
+    return {k: jax.ShapeDtypeStruct(s, d, sharding=shd.batch_sharding(mesh, len(s)))
+            for k, (s, d) in shapes.items()}
+
+
+def abstract_frozen(config):
+    """(graphdefs, abstract states) of the frozen networks, built with ``nnx.eval_shape``."""
+    from starcaster_jax.training import frozen as frozen_lib
+    nets = nnx.eval_shape(lambda: frozen_lib.build_frozen(config))
+    return frozen_lib.split_frozen(nets)
+
+
+def kinds_of(config) -> list[str]:
+    """The train step kinds this config dispatches to (Trainer.kind_for)."""
+    mix = dict(config.data.mixture)
+    kinds = []
+    if float(mix.get("video", 0.0)) > 0:
+        kinds.append("video")
+        if bool(config.self_forcing.enabled):
+            kinds.append("video_sf")
+    if float(mix.get("multiview", 0.0)) > 0:
+        kinds.append("multiview")
+    return kinds
+
+
+@dataclasses.dataclass
+class Program:
+    name: str
+    lowered: Any
+    args: dict[str, Any]      # group name -> abstract (sharded) inputs, for the memory breakdown
+    steps: int = 1            # times the compiled loop body runs (sampler steps; see analyse())
+
+
+def train_programs(config, mesh, kinds=None) -> tuple[list[Program], Any]:
+    """Lowered gradient program per kind + the shared update program, and the Trainer."""
+    from starcaster_jax.training.step import Trainer
+    trainer = Trainer(config, mesh, frozen_nets={})
+    # The Trainer would device_put real frozen weights; give it abstract ones instead.
+    graphdefs, states = abstract_frozen(config)
+    trainer.frozen_graphdefs = graphdefs
+    frozen_abs = _replicated_abstract(states, mesh)
+    state_abs = trainer.abstract_state()
+    programs, update_done = [], False
+    for kind in kinds or kinds_of(config):
+        batch = abstract_batch(config, mesh, kind, trainer.window_frames())
+        with jax.set_mesh(mesh):
+            step = trainer.compiled(kind, batch)
+            if not hasattr(step, "grads"):
+                raise NotImplementedError("train_compile plans optim.update_program='separate' "
+                                          "(the default); the fused program is not broken down")
+            lo = step.lower(state_abs, frozen_abs, batch)
+        args = {"params": state_abs.params, "opt_state": state_abs.opt_state, "ema": state_abs.ema,
+                "frozen": frozen_abs, "batch": batch}
+        programs.append(Program(f"grads:{kind}", lo.grads, args))
+        if not update_done:
+            grads_abs = _with_sharding(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                                                    state_abs.params), trainer.state_shardings.params)
+            programs.append(Program("update", lo.update, {
+                "params": state_abs.params, "opt_state": state_abs.opt_state, "ema": state_abs.ema,
+                "grads": grads_abs}))
+            update_done = True
+    return programs, trainer
+
+
+def generation_program(config, mesh) -> Program:
+    """The generation chunk program (inference/generate.py's one jitted chunk sampler), lowered
+    with abstract weights: the model's sharded by the logical-axis rules, frozen nets replicated."""
+    from starcaster_jax.inference.generate import Generator, SamplingSettings
+    from starcaster_jax.models.rngs import InitRngs
+    from starcaster_jax.models.starcaster import STARCaster
+    model = nnx.eval_shape(lambda: STARCaster(config.model, rngs=InitRngs(jax.random.key(0, impl="rbg"))))
+    graphdefs, frozen = abstract_frozen(config)
+    nets = {k: nnx.merge(graphdefs[k], frozen[k]) for k in graphdefs}
+    gen = Generator(model, nets["vae"], nets.get("audio"), config)
+    settings = SamplingSettings.from_config(config)
+    slots = gen.chunk_frames
+    with_audio = gen.has_audio
+    fn = gen._chunk_fn(settings, slots, with_audio, True)
+    states = gen._states()
+    model_sh = shd.state_shardings(states["model"], mesh)
+    states_abs = dict(states)
+    states_abs["model"] = jax.tree.map(
+        lambda v, s: v.replace(jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype, sharding=s)),
+        states["model"], model_sh, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    for k in states_abs:
+        if k != "model":
+            states_abs[k] = _replicated_abstract(states[k], mesh)
+    rep = NamedSharding(mesh, P())
+    h, w, c = gen.latent_shape
+    sds = lambda s, d: jax.ShapeDtypeStruct(s, d, sharding=rep)  # noqa: E731
+    win = int(config.model.audio.window)
+    audio = sds((1, (slots + 2 * win) * SAMPLES_PER_FRAME), jnp.float32) if with_audio else None
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    inputs = (audio, sds((1, slots, h, w, c), jnp.float32), sds((1, slots), jnp.bool_),
+              sds((1, slots, 6), jnp.float32), sds((1,), jnp.bool_), sds((1, 512), jnp.float32),
+              jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep))
+    with jax.set_mesh(mesh):
+        lowered = fn.lower(states_abs, *inputs)
+    return Program("generate_chunk", lowered, {"params": states_abs["model"],
+                                               "frozen": {k: v for k, v in states_abs.items() if k != "model"},
+                                               "inputs": [x for x in inputs if x is not None]},
+                   steps=int(settings.steps))
+
+
+# -- analysis -----------------------------------------------------------------------------------------
+def per_chip_bytes(tree) -> int:
+    """Bytes one chip holds of ``tree`` (sharded ShapeDtypeStructs): its largest shard per leaf."""
+    total = 0
+    for a in jax.tree.leaves(tree):
+        shape = a.sharding.shard_shape(a.shape) if getattr(a, "sharding", None) is not None else a.shape
+        total += int(np.prod(shape)) * jnp.dtype(a.dtype).itemsize
+    return total
+
+
+def global_bytes(tree) -> int:
+    return sum(int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree))
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8}
+_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64)\[([\d,]*)\]")
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+([\w\-]+)\(")
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+
+
+def _shapes(text: str) -> list[tuple[str, tuple[int, ...]]]:
+    return [(d, tuple(int(x) for x in dims.split(",") if x)) for d, dims in _SHAPE.findall(text)]
+
+
+def _nbytes(dtype: str, dims) -> int:
+    return int(np.prod(dims)) * _DTYPE_BYTES.get(dtype, 4)
+
+
+def hlo_instructions(hlo: str):
+    """(opcode, result-shape text, full line) of every instruction of a compiled HLO module."""
+    for line in hlo.splitlines():
+        m = _INSTR.match(line)
+        if m:
+            yield m.group(2), m.group(1), line
+
+
+def collective_bytes(hlo: str) -> dict[str, int]:
+    """Result bytes of each collective kind, per chip, per execution of the module text (ops in
+    a while body count once). Async ``-start`` ops count their output buffer; ``-done`` nothing."""
+    out = {k: 0 for k in COLLECTIVES}
+    for op, shape, _ in hlo_instructions(hlo):
+        base = op[:-len("-start")] if op.endswith("-start") else op
+        if base not in out:
+            continue
+        sizes = [_nbytes(d, dims) for d, dims in _shapes(shape)]
+        if sizes:
+            out[base] += max(sizes) if op.endswith("-start") else sum(sizes)
+    return out
+
+
+# Matmuls (2 * Lq * Lk * D FLOPs each) per splash kernel: fwd QK^T, PV; dq recomputes QK^T, dP,
+# dS K; dkv recomputes QK^T, dP, P^T dO, dS^T Q.
+_SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
+
+
+def splash_flops(hlo: str) -> tuple[float, int]:
+    """Analytic FLOPs of the splash kernels in a compiled module (XLA counts custom calls as ~0),
+    from each custom call's operand shapes: (flops, number of kernel calls)."""
+    flops, calls = 0.0, 0
+    for op, _, line in hlo_instructions(hlo):
+        if op != "custom-call" or "tpu_custom_call" not in line:
+            continue
+        name = re.match(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)", line).group(1)
+        kind = next((k for k in ("dkv", "dq", "fwd") if f"splash_mha_{k}" in name), None)
+        if kind is None:
+            continue
+        ops = re.search(r"operand_layout_constraints=\{(.*?)\}\s*(?:,|$)", line)
+        arrays = [s for s in _shapes(ops.group(1) if ops else "") if len(s[1]) >= 3]
+        if len(arrays) < 2:
+            continue
+        q, k = arrays[0][1], arrays[1][1]          # [..., H, Lq, D], [..., H, Lk, D]
+        flops += 2.0 * _SPLASH_MATMULS[kind] * np.prod(q[:-1]) * k[-2] * q[-1]
+        calls += 1
+    return flops, calls
+
+
+def largest_buffers(hlo: str, n: int = 5, skip=("parameter", "get-tuple-element", "tuple", "bitcast")):
+    """The ``n`` largest per-chip instruction results (bytes, opcode, shape) of a compiled module."""
+    rows = []
+    for op, shape, _ in hlo_instructions(hlo):
+        if op in skip or op.endswith("-done"):
+            continue
+        for d, dims in _shapes(shape):
+            rows.append((_nbytes(d, dims), op, f"{d}[{','.join(map(str, dims))}]"))
+    return sorted(rows, reverse=True)[:n]
+
+
+@dataclasses.dataclass
+class Report:
+    program: str
+    args: dict[str, int]             # per-chip bytes per argument group
+    temp: int
+    output: int
+    alias: int
+    xla_flops: float
+    kernel_flops: float
+    kernel_calls: int
+    bytes_accessed: float
+    collectives: dict[str, int]
+    chip: Chip
+    steps: int
+
+    @property
+    def argument(self) -> int:
+        return sum(self.args.values())
+
+    @property
+    def total(self) -> int:
+        return self.argument + self.temp + self.output - self.alias
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.chip.hbm_bytes
+
+    @property
+    def flops(self) -> float:
+        return self.steps * (self.xla_flops + self.kernel_flops)
+
+    @property
+    def times(self) -> dict[str, float]:
+        c = self.chip
+        return {"compute": self.flops / c.peak_bf16, "hbm": self.steps * self.bytes_accessed / c.hbm_bw,
+                "ici": self.steps * sum(self.collectives.values()) / c.ici_bw}
+
+    @property
+    def step_time(self) -> float:
+        return max(self.times.values())
+
+    @property
+    def mfu(self) -> float:
+        t = self.step_time
+        return self.flops / (t * self.chip.peak_bf16) if t > 0 else 0.0
+
+
+def analyse(prog: Program, compiled, chip: Chip) -> Report:
+    """Per-chip memory, FLOPs and collectives of one compiled program.
+
+    XLA's cost analysis counts a while loop's body once; the generation chunk's sampler is a
+    ``fori_loop`` over ``steps``, so its per-step figures are multiplied by ``prog.steps``."""
+    mem = compiled.memory_analysis()
+    ca = compiled.cost_analysis()
+    ca = (ca[0] if isinstance(ca, (list, tuple)) else ca) or {}
+    hlo = compiled_text(compiled)
+    kflops, kcalls = splash_flops(hlo)
+    return Report(program=prog.name, args={k: per_chip_bytes(v) for k, v in prog.args.items()},
+                  temp=int(mem.temp_size_in_bytes), output=int(mem.output_size_in_bytes),
+                  alias=int(mem.alias_size_in_bytes), xla_flops=float(ca.get("flops", 0.0)),
+                  kernel_flops=kflops, kernel_calls=kcalls,
+                  bytes_accessed=float(ca.get("bytes accessed", 0.0)),
+                  collectives=collective_bytes(hlo), chip=chip, steps=prog.steps)
+
+
+def gib(x: float) -> str:
+    return f"{x / 2**30:.2f}"
+
+
+def format_report(r: Report) -> str:
+    t = r.times
+    lines = [f"== {r.program}" + (f" (x{r.steps} sampler steps)" if r.steps > 1 else ""),
+             "  memory per chip (GiB): " + "  ".join(f"{k} {gib(v)}" for k, v in r.args.items())
+             + f"  | temp {gib(r.temp)}  out {gib(r.output)}  aliased -{gib(r.alias)}"
+             + f"  | total {gib(r.total)} / HBM {gib(r.chip.hbm_bytes)}  {'fits' if r.fits else 'DOES NOT FIT'}",
+             f"  FLOPs per chip: XLA {r.steps * r.xla_flops:.3e} + splash kernels "
+             f"{r.steps * r.kernel_flops:.3e} ({r.kernel_calls} calls) = {r.flops:.3e}",
+             "  collectives per chip (GiB): " + "  ".join(f"{k} {gib(r.steps * v)}" for k, v in r.collectives.items()),
+             f"  roofline: compute {t['compute'] * 1e3:.1f} ms, HBM {t['hbm'] * 1e3:.1f} ms, ICI {t['ici'] * 1e3:.1f} ms"
+             f" -> {r.step_time * 1e3:.1f} ms, MFU <= {100 * r.mfu:.0f}% of {r.chip.peak_bf16 / 1e12:.0f} TFLOP/s"]
+    return "\n".join(lines)
+
+
+def compiled_text(compiled) -> str:
+    """The compiled (per-chip, post-SPMD) HLO text. Some XLA:TPU modules do not round-trip
+    through this jaxlib's HLO parser (async-update ops); then the pre-optimisation text is no
+    substitute, so fail loudly."""
+    return compiled.as_text()
