@@ -232,12 +232,16 @@ def per_chip_bytes(tree) -> int:
     total = 0
     for a in jax.tree.leaves(tree):
         shape = a.sharding.shard_shape(a.shape) if getattr(a, "sharding", None) is not None else a.shape
-        total += int(np.prod(shape)) * jnp.dtype(a.dtype).itemsize
+        total += int(np.prod(shape)) * _itemsize(a.dtype)
     return total
 
 
+def _itemsize(dtype) -> int:
+    return int(getattr(dtype, "itemsize", None) or jnp.dtype(dtype).itemsize)  # PRNG key dtypes too
+
+
 def global_bytes(tree) -> int:
-    return sum(int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree))
+    return sum(int(np.prod(a.shape)) * _itemsize(a.dtype) for a in jax.tree.leaves(tree))
 
 
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
@@ -289,12 +293,15 @@ def splash_flops(hlo: str) -> tuple[float, int]:
     for op, _, line in hlo_instructions(hlo):
         if op != "custom-call" or "tpu_custom_call" not in line:
             continue
-        name = re.match(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)", line).group(1)
-        kind = next((k for k in ("dkv", "dq", "fwd") if f"splash_mha_{k}" in name), None)
-        if kind is None:
+        found = re.search(r"splash_mha_(dkv|dq|fwd)", line)  # kernel name: instruction or config
+        if found is None:
             continue
-        ops = re.search(r"operand_layout_constraints=\{(.*?)\}\s*(?:,|$)", line)
-        arrays = [s for s in _shapes(ops.group(1) if ops else "") if len(s[1]) >= 3]
+        kind = found.group(1)
+        # operand shapes: printed inline in XLA's dumps, else in operand_layout_constraints
+        inline = re.search(r"custom-call\((.*?)\),\s*custom_call_target", line)
+        ops = re.search(r"operand_layout_constraints=\{(.*?)\}(?:,\s*[a-z_]+=|$)", line)
+        text = inline.group(1) if inline and _shapes(inline.group(1)) else (ops.group(1) if ops else "")
+        arrays = [s for s in _shapes(text) if len(s[1]) >= 3 and s[0] in ("bf16", "f16", "f32")]
         if len(arrays) < 2:
             continue
         q, k = arrays[0][1], arrays[1][1]          # [..., H, Lq, D], [..., H, Lk, D]
@@ -361,7 +368,7 @@ class Report:
         return self.flops / (t * self.chip.peak_bf16) if t > 0 else 0.0
 
 
-def analyse(prog: Program, compiled, chip: Chip) -> Report:
+def analyse(prog: Program, compiled, hlo: str, chip: Chip) -> Report:
     """Per-chip memory, FLOPs and collectives of one compiled program.
 
     XLA's cost analysis counts a while loop's body once; the generation chunk's sampler is a
@@ -369,7 +376,6 @@ def analyse(prog: Program, compiled, chip: Chip) -> Report:
     mem = compiled.memory_analysis()
     ca = compiled.cost_analysis()
     ca = (ca[0] if isinstance(ca, (list, tuple)) else ca) or {}
-    hlo = compiled_text(compiled)
     kflops, kcalls = splash_flops(hlo)
     return Report(program=prog.name, args={k: per_chip_bytes(v) for k, v in prog.args.items()},
                   temp=int(mem.temp_size_in_bytes), output=int(mem.output_size_in_bytes),
@@ -397,8 +403,19 @@ def format_report(r: Report) -> str:
     return "\n".join(lines)
 
 
-def compiled_text(compiled) -> str:
-    """The compiled (per-chip, post-SPMD) HLO text. Some XLA:TPU modules do not round-trip
-    through this jaxlib's HLO parser (async-update ops); then the pre-optimisation text is no
-    substitute, so fail loudly."""
-    return compiled.as_text()
+
+def compile_program(prog: Program):
+    """-> (compiled, per-chip optimised HLO text). The text comes from XLA's own dump: some
+    XLA:TPU modules (async-update ops) do not round-trip through this jaxlib's HLO parser, so
+    ``compiled.as_text()`` fails on them."""
+    import glob
+    import os
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        compiled = prog.lowered.compile(compiler_options={"xla_dump_to": d, "xla_dump_hlo_as_text": True,
+                                                          "xla_dump_hlo_pass_re": ""})
+        files = sorted(glob.glob(os.path.join(d, "*.after_optimizations.txt")), key=os.path.getsize)
+        if not files:
+            raise RuntimeError(f"{prog.name}: XLA wrote no optimised HLO dump")
+        with open(files[-1]) as f:
+            return compiled, f.read()
