@@ -140,6 +140,11 @@ def test_view_json_formats(tmp_path):
 
 # ----------------------------------------------------------------------------- generator
 
+def grey_change(a, b) -> float:
+    """Mean absolute difference of two uint8 videos, in grey levels."""
+    return float(np.abs(np.asarray(a, np.int32) - np.asarray(b, np.int32)).mean())
+
+
 def test_chunk_function_compiles_once_for_any_length(gen, cfg):
     """Constant memory by design: one fixed-shape chunk function, traced once for 1 or 5 chunks."""
     e = np.random.default_rng(0).normal(size=512)
@@ -159,7 +164,8 @@ def test_chunk_function_compiles_once_for_any_length(gen, cfg):
     assert sum(map(len, one)) == 5 and sum(map(len, five)) == 21
     frames = np.concatenate(five)
     assert frames.dtype == np.uint8 and frames.shape == (21, 32, 32, 3)
-    assert np.abs(np.concatenate(with_views).astype(int) - frames).max() > 0  # the views do act
+    # the views act on the frames: a visible change (mean > 1 grey level), not rounding noise
+    assert grey_change(np.concatenate(with_views), frames) > 1.0
 
 
 def test_audio_drives_generation_and_seed_determinism(gen):
@@ -167,8 +173,8 @@ def test_audio_drives_generation_and_seed_determinism(gen):
     run = lambda audio, seed=0: np.concatenate(list(gen.video(audio, id_emb=e, seed=seed)))  # noqa: E731
     base = run(a)
     np.testing.assert_array_equal(run(a), base)            # same inputs and seed: same video
-    assert np.abs(run(b).astype(int) - base).max() > 0     # other speech: other frames
-    assert np.abs(run(a, seed=1).astype(int) - base).max() > 0
+    assert grey_change(run(b), base) > 1.0                 # other speech: visibly other frames
+    assert grey_change(run(a, seed=1), base) > 1.0          # other seed: other noise
 
 
 def test_context_frames_carry_over(gen, cfg):
@@ -204,9 +210,9 @@ def test_context_frames_carry_over(gen, cfg):
     assert (per_chunk[1][0]["t"][:, k:] > 0).all()  # the new frames start noisy
 
     carried, _, _ = run(edit=slice(t - k, t))
-    assert np.abs(carried[1].astype(int) - base[1].astype(int)).max() > 0
+    assert grey_change(carried[1], base[1]) > 1.0                  # the carried latents steer chunk 2
     not_carried, _, _ = run(edit=slice(k, k + 1))
-    assert np.abs(not_carried[0].astype(int) - base[0].astype(int)).max() > 0  # the edit is visible...
+    assert grey_change(not_carried[0], base[0]) > 0.1              # the edit is visible...
     np.testing.assert_array_equal(not_carried[1], base[1])                     # ...but not carried
 
 

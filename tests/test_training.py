@@ -229,58 +229,6 @@ def fake_batch(tr, kind):
 
 
 # ---------------------------------------------------------------------------------------------
-# Self-forcing: no gradient reaches the rollout
-# ---------------------------------------------------------------------------------------------
-@pytest.mark.slow  # several full-step compiles: `make test-slow`
-@pytest.mark.parametrize("mode", ["context_stopgrad", "last_step"])
-def test_self_forcing_gradient_does_not_leak_into_the_rollout(mode):
-    from flax import nnx
-    from starcaster_jax.sharding import make_mesh
-    from starcaster_jax.training import losses as L
-    from starcaster_jax.training import self_forcing as SF
-    from starcaster_jax.training.step import Trainer
-    c = micro(stage2_audio)
-    c.self_forcing.mode = mode
-    c.train.lip_weight = 0.0
-    tr = Trainer(c, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
-    state = tr.init_state()
-    batch = fake_batch(tr, "video")
-    rng = jax.random.key(3)
-    nets = None
-
-    def loss_with(params, ctx_override):
-        model = tr.model_from(params)
-        nets = __import__("starcaster_jax.training.frozen", fromlist=["x"]).merge_frozen(
-            tr.frozen_graphdefs, tr.frozen_states)
-        if ctx_override is None:
-            return SF.self_forcing_loss(model, nets, batch, rng, tr.lc, tr.sf)[0]
-        orig = SF.rollout
-        SF.rollout = lambda *a, **k: ctx_override
-        try:
-            return SF.self_forcing_loss(model, nets, batch, rng, tr.lc, tr.sf)[0]
-        finally:
-            SF.rollout = orig
-
-    # The rollout's context, computed once and then used as a *constant*.
-    def ctx_of(params):
-        model = tr.model_from(params)
-        from starcaster_jax.training.frozen import merge_frozen
-        nets = merge_frozen(tr.frozen_graphdefs, tr.frozen_states)
-        k_lat, k_roll = jax.random.split(rng, 5)[:2]
-        _, x0, cond = L.video_conditions(nets, batch, k_lat, tr.lc, tr.window_frames())
-        return SF.rollout(model, x0, cond, k_roll, tr.lc, tr.sf)
-
-    ctx = jax.jit(ctx_of)(state.params)
-    assert float(jnp.abs(ctx).mean()) > 0
-    g_sf = jax.jit(jax.grad(lambda p: loss_with(p, None)))(state.params)
-    g_const = jax.jit(jax.grad(lambda p: loss_with(p, ctx)))(state.params)
-    for a, b in zip(jax.tree.leaves(g_sf), jax.tree.leaves(g_const)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
-    assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(g_sf)) > 0
-    del nets, nnx
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop on the built-in corpus
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow  # 60 training steps + two eval compiles (~5 min on 2 shared cores): `make test-slow`
@@ -427,6 +375,9 @@ def test_stages_chain_and_lora_trains_only_adapters(corpus, tmp_path):
     changed = [k for k in flat2 if not np.array_equal(flat2[k], flat3[k])]
     assert changed, "stage 3 changed nothing"
     import re
+    # the adapters themselves reached the checkpoint: a LoRA target changed (the view layers of
+    # also_train changing alone would pass the "allowed" check below with the adapters dropped)
+    assert any(re.search(cfg3.lora.targets, k) for k in changed), changed[:5]
     allowed = re.compile(cfg3.lora.targets + "|" + cfg3.lora.also_train)
     assert all(allowed.search(k) for k in changed), [k for k in changed if not allowed.search(k)][:3]
 
