@@ -15,11 +15,12 @@ clock (`--stage_minutes`), so the demo fits its 15 minutes on any machine, more 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
+
+from launch import cli
 
 DEMO_SENTENCE = "Hello! I am a talking head, made from speech."
 # The demo's sampler: DPM-Solver++(2M) in 6 steps (the config's DDIM/10 costs 1.7x as long).
@@ -151,7 +152,7 @@ def generate_videos(stage3: str, data: str, encoders: str, out: str) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__.splitlines()[0])
+    ap = cli.ArgumentParser(prog="python -m launch.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="demo_work")
     ap.add_argument("--out", default="demo_out")
     ap.add_argument("--stage_minutes", type=float, default=float(os.environ.get("DEMO_STAGE_MINUTES", 0.5)),

@@ -23,6 +23,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from launch import cli
+
 METRICS_FILE = os.path.join("eval", "metrics.json")
 
 
@@ -31,7 +33,7 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m launch.evaluate", description=__doc__.splitlines()[0])
+    ap = cli.ArgumentParser(prog="python -m launch.evaluate", description=__doc__.splitlines()[0])
     which = ap.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="training workdir")
     which.add_argument("--compare", nargs="+", metavar="DIR", help="training workdirs to tabulate together")
@@ -140,6 +142,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from starcaster_jax.evaluation import report
     from starcaster_jax.inference.chunking import GenerationError
     try:
+        for flag, path in (("--out", args.out), ("--strip", args.strip)):   # before any model load
+            problem = path and cli.output_problem(path, flag=flag)
+            if problem:
+                raise UsageError(problem)
         if args.compare:
             if args.out:
                 raise UsageError("--out: not with --compare (each checkpoint keeps its own eval/metrics.json)")

@@ -11,13 +11,14 @@ config's ``diffusion`` section). Bad inputs print one ``error:`` line and exit 2
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
+from launch import cli
+
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m launch.export", description=__doc__.splitlines()[0])
+    ap = cli.ArgumentParser(prog="python -m launch.export", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, help="training workdir (stage 2 or 3)")
     ap.add_argument("--out", required=True, help="artefact directory to write")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
@@ -36,8 +37,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from starcaster_jax.inference.chunking import GenerationError
     from starcaster_jax.inference.export import export_checkpoint
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        print(f"error: --out {args.out}: exists and is not a directory", file=sys.stderr)
+    problem = cli.output_problem(args.out, is_dir=True)   # before loading the checkpoint
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     platforms = [p for p in args.platforms.split(",") if p] or None
     try:

@@ -24,11 +24,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from launch import cli
+
 _DEG = np.pi / 180.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="starcaster-generate", description=__doc__.splitlines()[0],
+    ap = cli.ArgumentParser(prog="starcaster-generate", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n".join(__doc__.splitlines()[1:]))
     ap.add_argument("--checkpoint", required=True, help="training workdir (latest step is used)")
@@ -128,6 +130,9 @@ def generate(args) -> list[str]:
     # 1. cheap input checks first: a typo should not cost a model load
     if not args.out.lower().endswith(".mp4"):
         raise G.GenerationError(f"--out {args.out}: the output must be an .mp4 file")
+    problem = cli.output_problem(args.out)   # e.g. a file where its directory should be
+    if problem:
+        raise G.GenerationError(problem)
     if args.multiview < 0:
         raise G.GenerationError(f"--multiview {args.multiview}: must be positive")
     if args.upscale < 1:

@@ -10,9 +10,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-from starcaster_jax.models.rngs import InitRngs
+from starcaster_jax.models.rngs import InitRngs  # noqa: E402
+
+from launch import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:variant]", lock_config=True)
 
@@ -53,10 +55,10 @@ def count_components(model_cfg) -> dict[str, int]:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
     cfg = _CONFIG.value
     if cfg is None:
-        raise app.UsageError("--config is required, e.g. --config=configs/stage2_audio.py:paper")
+        raise cli.UsageError("--config is required, e.g. --config=configs/stage2_audio.py:paper")
     counts = count_components(cfg.model)
     trainable = sum(v for k, v in counts.items() if "frozen" not in k)
     print(f"config: {flags.FLAGS['config'].config_filename}  (variant {cfg.variant})")
@@ -68,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

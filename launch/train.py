@@ -9,16 +9,20 @@ Multi-host: on TPU VMs ``jax.distributed.initialize()`` discovers everything; el
 ``--coordinator_address=host:port --num_processes=N --process_id=i`` (or set
 ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``). Every process runs the
 same command; each reads its own Grain shard.
+
+A misuse (unknown flag or variant, an override of an undeclared field, a missing ``--workdir``, a
+missing corpus) prints one ``error:`` line and exits 2 (``launch/cli.py``).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from launch import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configs/<stage>.py:<variant>[,ablation=<name>]",
@@ -46,19 +50,19 @@ def _init_distributed() -> None:
 
 def main(argv) -> int:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.config is None:
-        raise app.UsageError("--config is required (e.g. configs/stage1_motion.py:tiny)")
-    if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.require(FLAGS, config="configs/stage1_motion.py:tiny", workdir="runs/s1")
+    if "://" not in FLAGS.workdir:   # local: checked now, not after the model is built
+        problem = cli.output_problem(FLAGS.workdir, flag="--workdir", is_dir=True)
+        if problem:
+            raise cli.UsageError(problem)
     logging.getLogger("absl").setLevel(logging.WARNING)
     _init_distributed()
     from starcaster_jax.training.loop import train
     try:
         summary = train(FLAGS.config, FLAGS.workdir, stop_after=FLAGS.stop_after or None)
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise cli.UsageError(str(e)) from None
     if FLAGS.summary_json:
         with open(FLAGS.summary_json, "w") as f:
             json.dump(summary, f, default=lambda o: o.item() if hasattr(o, "item") else str(o))
@@ -71,7 +75,7 @@ def main(argv) -> int:
 
 def run() -> None:
     """Console script ``starcaster-train``."""
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(main, FLAGS)
 
 
 if __name__ == "__main__":

@@ -44,12 +44,14 @@ from typing import Any, Mapping
 import numpy as np
 from starcaster_jax.models.rngs import InitRngs
 
+from launch import cli
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(_REPO, "configs", "stage2_audio.py") + ":demo"
 
 
-class UsageError(ValueError):
-    """Bad flags or data: reported as one line by ``main``."""
+# Bad flags or data: reported as one ``error:`` line by ``main``, exit 2 (launch/cli.py).
+UsageError = cli.UsageError
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -792,9 +794,15 @@ def run(argv=None) -> dict[str, Result]:
     from absl import flags
     from ml_collections import config_flags
 
+    argv = ["train_encoders"] + list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--config" or a.startswith("--config=") for a in argv):
+        # given as an argument, not as the flag's default: config_flags would apply the overrides
+        # to a default at definition time, outside cli.parse_flags' error reporting
+        argv.insert(1, f"--config={DEFAULT_CONFIG}")
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "experiment config[:variant]",
-                                    flag_values=fv, lock_config=True)
+    # sys_argv: config_flags reads the --config.<field> overrides from it (default: sys.argv)
+    config_flags.DEFINE_config_file("config", None, f"experiment config[:variant] (default {DEFAULT_CONFIG})",
+                                    flag_values=fv, lock_config=True, sys_argv=argv)
     flags.DEFINE_string("data", None, "TFDS dir of the built-in corpus", flag_values=fv)
     flags.DEFINE_string("workdir", None, "writes <workdir>/encoders/<name>", flag_values=fv)
     flags.DEFINE_float("steps_scale", 1.0, "multiplies every encoder's step count", flag_values=fv)
@@ -806,11 +814,7 @@ def run(argv=None) -> dict[str, Result]:
                         flag_values=fv)
     flags.DEFINE_integer("compile_workers", 2, "threads compiling ahead", flag_values=fv)
     flags.DEFINE_boolean("progress", True, "show a progress bar", flag_values=fv)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        rest = fv(["train_encoders"] + argv)
-    except flags.Error as e:
-        raise UsageError(str(e).splitlines()[0]) from None
+    rest = cli.parse_flags(argv, fv)
     if len(rest) > 1:
         raise UsageError(f"unexpected arguments: {rest[1:]}")
     if not fv.data or not fv.workdir:
@@ -906,7 +910,7 @@ def main(argv=None) -> int:
     try:
         run(argv)
     except (FileNotFoundError, UsageError) as e:
-        print(f"train_encoders: error: {e}", file=sys.stderr)
+        print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     return 0
 

@@ -20,7 +20,7 @@ from starcaster_jax.models.identity import (ARCFACE_TEMPLATE, Arc2FaceIdentityEn
                                             arcface_loss, face_crops, load_image, make_optimizer,
                                             similarity_transform, substitute_token, tar_at_far,
                                             train_step, verification_metrics)
-from starcaster_jax.weights.clip_text import import_clip_text_state, load_clip_text
+from starcaster_jax.weights.clip_text import import_clip_text_state, load_arc2face_encoder, load_clip_text
 from starcaster_jax.weights.common import WeightImportError
 
 torch = pytest.importorskip("torch")
@@ -100,6 +100,12 @@ def test_clip_text_importer_roundtrip(hf_clip, tmp_path):
     for path, v in nnx.to_flat_state(nnx.state(ours, nnx.Param)):
         names = v.get_metadata().get("out_sharding")
         assert names is not None and len(names) == v.get_value().ndim, path
+
+    # Arc2Face's encoder/ directory -> the identity encoder on the imported text model
+    emb = jnp.asarray(np.random.default_rng(2).normal(size=(2, 24)), jnp.float32)
+    arc = load_arc2face_encoder(str(d), ids[0], 3)
+    want = Arc2FaceIdentityEncoder(ours, ids[0], 3)(emb)
+    np.testing.assert_allclose(np.asarray(arc(emb)), np.asarray(want), rtol=1e-6, atol=1e-6)
 
     # a full CLIPModel checkpoint (vision tower, projections, logit_scale are skipped)
     full_cfg = transformers.CLIPConfig(

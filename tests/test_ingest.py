@@ -351,6 +351,22 @@ def test_rerun_refuses_to_mix_shards_unless_overwrite(ingested, tmp_path):
 
 
 # ----------------------------------------------------------------------- face-level units
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "animated GIF"])
+def test_an_image_named_mp4_is_unreadable(tmp_path, fmt):
+    """FFmpeg opens an image as a one-stream "video" without audio: the reason is that it is
+    not a video container (``unreadable``), not a missing audio track."""
+    from PIL import Image
+    img = Image.fromarray(face_frame(0))
+    path = str(tmp_path / "photo.mp4")
+    if fmt == "animated GIF":
+        img.save(path, format="GIF", save_all=True, append_images=[img] * 3, duration=40)
+    else:
+        img.save(path, format=fmt)
+    with pytest.raises(common.Skip) as e:
+        videos.probe(path)
+    assert e.value.reason == "unreadable" and "an image file" in str(e.value), str(e.value)
+
+
 def test_track_rules_on_synthetic_detections():
     box = np.array([[60, 40, 100, 80]], np.float32)
     none = np.zeros((0, 4), np.float32)

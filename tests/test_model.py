@@ -37,3 +37,20 @@ def test_tiny_forward_all_conditions():
         gated = nnx.jit(lambda m, x, t, kw: m(x, t, **kw))(model, x, t, {**kw, flag[drop]: yes})
         np.testing.assert_allclose(np.asarray(gated), np.asarray(other), rtol=1e-5, atol=1e-5)
     assert np.isfinite(np.asarray(full)).all()
+
+
+def test_unet_latent_not_a_multiple_of_the_downsampling_factor():
+    """13x21 goes down to 7x11 and 4x6 and comes back up to each skip's size (as diffusers'
+    ``upsample_size``), not to 8x12 / 14x22 (the concatenation with the skip would fail)."""
+    from starcaster_jax.models.unet import UNet, UNetConfig
+    cfg = UNetConfig(block_out_channels=(8, 16, 16), cross_attn_blocks=(True, False, False),
+                     layers_per_block=1, num_attention_heads=2, cross_attention_dim=8, norm_num_groups=4,
+                     motion_num_attention_heads=2, motion_max_seq_length=8, audio_dim=8, view_dim=8)
+    model = UNet(cfg, rngs=InitRngs(0))
+    x = jax.random.normal(jax.random.key(0), (1, 2, 13, 21, 4))
+    y = model(x, jnp.array([500.0]), id_tokens=jnp.ones((1, 3, 8)))
+    assert y.shape == x.shape and np.isfinite(np.asarray(y)).all()
+    # the general nearest rule is the plain x2 repeat when the size is exactly doubled
+    from starcaster_jax.models.blocks import _nearest_index
+    np.testing.assert_array_equal(_nearest_index(4, 8), np.repeat(np.arange(4), 2))
+    np.testing.assert_array_equal(_nearest_index(4, 7), [0, 0, 1, 1, 2, 2, 3])

@@ -55,6 +55,29 @@ def test_unet2d_condition_parity(tmp_path):
     assert err <= 1e-4
 
 
+def test_unet2d_condition_parity_odd_latent(tmp_path):
+    """A 13x21 latent (not a multiple of the 4x downsampling): diffusers forwards each skip's size
+    to its upsampler (``forward_upsample_size``); ours upsamples to the skip's size too."""
+    torch.manual_seed(0)
+    ref = diffusers.UNet2DConditionModel(
+        sample_size=16, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=4,
+        **{**SMALL, "block_out_channels": (16, 32, 32)}).eval()
+    _randomize(ref, seed=4)
+    ref.save_pretrained(tmp_path)
+    model, _ = load_unet(str(tmp_path), audio_dim=16, view_dim=16)
+    x = torch.randn(1, 4, 13, 21)
+    t = torch.tensor([500.0])
+    ctx = torch.randn(1, 5, 24)
+    with torch.no_grad():
+        want = ref(x, t, encoder_hidden_states=ctx).sample.numpy()
+    got = model(jnp.asarray(x.numpy().transpose(0, 2, 3, 1))[:, None], jnp.asarray(t.numpy())[:, None],
+                id_tokens=jnp.asarray(ctx.numpy()))
+    err = rel(np.asarray(got)[:, 0].transpose(0, 3, 1, 2), want)
+    print(f"\nUNet2DConditionModel parity at 13x21: rel. error {err:.2e}")
+    assert err <= 1e-4
+
+
 def _motion_ref():
     torch.manual_seed(1)
     return diffusers.UNetMotionModel(

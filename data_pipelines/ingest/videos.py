@@ -59,6 +59,9 @@ from data_pipelines.ingest.common import Skip
 from data_pipelines.synthetic import landmarks
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv")
+# FFmpeg demuxers of image files (besides the "<codec>_pipe" ones: png_pipe, jpeg_pipe, ...): an
+# image named .mp4 opens as a video stream without audio, and is "unreadable", not "no audio".
+IMAGE_DEMUXERS = ("image2", "gif", "apng")
 FPS, SR, S = schema.FPS, schema.SAMPLE_RATE, schema.SAMPLES_PER_FRAME
 MIN_FPS, MAX_FPS = 23.5, 240.0
 VFR_TOL, VFR_MAX_FRACTION = 0.25, 0.02
@@ -84,8 +87,8 @@ def probe(path: str) -> dict[str, Any]:
     try:
         with av.open(path) as c:
             fmt = c.format.name
-            if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg opens stills as 1-frame video
-                raise Skip("unreadable", f"{path}: a still image ({fmt}); expected a video "
+            if fmt in IMAGE_DEMUXERS or fmt.endswith("_pipe"):  # images open as 1-stream video
+                raise Skip("unreadable", f"{path}: an image file ({fmt}); expected a video "
                                          "container")
             if not c.streams.video:
                 raise Skip("no_video_stream", f"{path}: expected a video stream, found "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from starcaster_jax.models.attention import Attention
@@ -56,12 +57,26 @@ class Downsample2D(nnx.Module):
         return self.conv(x)
 
 
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source rows of PyTorch's ``interpolate(mode="nearest", size=n_out)``: ``floor(i * in/out)``
+    with the scale in float32, as ATen computes it (static: shapes are known at trace time)."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    return np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int32), n_in - 1)
+
+
 class Upsample2D(nnx.Module):
     def __init__(self, ch: int, *, rngs: nnx.Rngs, dtype=None):
         self.conv = Conv(ch, ch, 3, rngs=rngs, dtype=dtype)
 
-    def __call__(self, x):
-        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest x2
+    def __call__(self, x, output_size: tuple[int, int] | None = None):
+        """``x [N,H,W,C]`` -> ``[N,2H,2W,C]``, or ``[N,*output_size,C]`` when given: the UNet passes
+        its skip's size, so a latent whose side is not a multiple of the downsampling factor
+        (13 -> 7 -> 4 going down) comes back to 7 and 13, as diffusers' ``upsample_size``."""
+        h, w = x.shape[1:3]
+        if output_size is None or tuple(output_size) == (2 * h, 2 * w):
+            x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest x2
+        else:
+            x = x[:, _nearest_index(h, output_size[0])][:, :, _nearest_index(w, output_size[1])]
         return self.conv(x)
 
 

@@ -242,8 +242,8 @@ class UNet(nnx.Module):
             for i in range(len(stage.resnets)):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
                 h = stage.layer(i, h, *args)
-            if stage.upsamplers is not None:
-                h = stage.upsamplers[0](h)
+            if stage.upsamplers is not None:  # to the next skip's size: odd latents too
+                h = stage.upsamplers[0](h, output_size=skips[-1].shape[1:3])
 
         h = self.conv_out(jax.nn.silu(self.conv_norm_out(h)))
         return h.reshape(b, f, hh, ww, -1).astype(x.dtype)

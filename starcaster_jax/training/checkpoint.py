@@ -85,14 +85,35 @@ class Checkpointer:
         self.mngr.close()
 
 
-def read_config(workdir: str, step: int | None = None) -> mlc.ConfigDict:
-    """The resolved config a workdir was trained with."""
-    mngr = ocp.CheckpointManager(checkpoint_dir(workdir))
+def _reader(workdir: str) -> ocp.CheckpointManager:
+    """A manager that reads a workdir's items without their save args.
+
+    Every item's handler is named up front (``data`` too, though only the trainer restores it)
+    so ``metadata(step).item_metadata`` knows the items and Orbax reads the step metadata where
+    the manager wrote it (``<step>/_CHECKPOINT_METADATA``). A bare ``Checkpointer`` pointed at
+    ``<step>/state`` looks for it inside the item directory and logs "Metadata file does not
+    exist" at every load; an unnamed item logs "found in the checkpoint, but could not be
+    restored"."""
+    return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=dict(
+        state=ocp.PyTreeCheckpointHandler(), config=ocp.JsonCheckpointHandler(),
+        data=grain.checkpoint.CheckpointHandler()))
+
+
+def _step(mngr: ocp.CheckpointManager, workdir: str, step: int | None) -> int:
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{workdir}: no checkpoint (expected {checkpoint_dir(workdir)}/<step>)")
-    cfg = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    mngr.close()
+    return step
+
+
+def read_config(workdir: str, step: int | None = None) -> mlc.ConfigDict:
+    """The resolved config a workdir was trained with."""
+    mngr = _reader(workdir)
+    try:
+        cfg = mngr.restore(_step(mngr, workdir, step),
+                           args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    finally:
+        mngr.close()
     return mlc.ConfigDict(cfg)
 
 
@@ -107,19 +128,22 @@ def _restore(workdir: str, config=None, *, use_ema: bool = True, step: int | Non
     from starcaster_jax.training.state import ModelDef, check_same_tree, lora_config
     if not _isdir(checkpoint_dir(workdir)):
         raise FileNotFoundError(f"{workdir}: not a training workdir (no checkpoints/ inside)")
-    saved_cfg = read_config(workdir, step)
-    config = saved_cfg if config is None else config
-    mngr = ocp.CheckpointManager(checkpoint_dir(workdir))
-    step = mngr.latest_step() if step is None else step
-    mngr.close()
     key = "ema" if use_ema else "params"
-    # Partial restore of one sub-tree as host arrays: no optimiser state is read.
-    item_dir = f"{checkpoint_dir(workdir)}/{step}/state"
-    meta = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
-    target = {key: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta[key])}
-    out = {"state": ocp.PyTreeCheckpointer().restore(item_dir, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                               target), partial_restore=True))}
+    mngr = _reader(workdir)
+    try:
+        step = _step(mngr, workdir, step)
+        meta = mngr.metadata(step).item_metadata["state"]
+        # Partial restore of one sub-tree as host arrays: no optimiser state is read.
+        target = {key: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta[key])}
+        out = mngr.restore(step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore(),
+            state=ocp.args.PyTreeRestore(
+                item=target, partial_restore=True,
+                restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target))))
+    finally:
+        mngr.close()
+    saved_cfg = mlc.ConfigDict(out["config"])
+    config = saved_cfg if config is None else config
     trainable = out["state"][key]
     mdef = ModelDef(config, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
     from starcaster_jax.training.state import normalize_keys

@@ -14,6 +14,7 @@ Skipped: the ``position_ids`` buffer, ``vision_model.*``, projections and ``logi
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ import numpy as np
 from flax import nnx
 from starcaster_jax.models.rngs import InitRngs
 
-from starcaster_jax.models.identity.clip_text import CLIPTextConfig, CLIPTextModel
+from starcaster_jax.models.identity.clip_text import Arc2FaceIdentityEncoder, CLIPTextConfig, CLIPTextModel
 from starcaster_jax.weights.common import (WeightImportError, apply_converted, auto_layout, convert,
                                            param_shapes, read_checkpoint, read_json)
 
@@ -83,3 +84,11 @@ def load_clip_text(path: str, *, dtype=None) -> tuple[CLIPTextModel, CLIPTextCon
     import_clip_text_state(model, sd, source=path)
     nnx.update(model, jax.tree.map(jnp.asarray, nnx.state(model)))
     return model, cfg
+
+
+def load_arc2face_encoder(encoder_dir: str, input_ids: Sequence[int], id_index: int, *,
+                          dtype=None) -> Arc2FaceIdentityEncoder:
+    """Arc2Face's identity encoder from its ``encoder/`` directory (config.json +
+    model.safetensors); ``input_ids`` / ``id_index``: ``arc2face_prompt_ids(tokenizer)``."""
+    model, _ = load_clip_text(encoder_dir, dtype=dtype)
+    return Arc2FaceIdentityEncoder(model, input_ids, id_index)

@@ -10,7 +10,8 @@ Layout and numerics follow ``transformers.CLIPTextModel`` (token + learned posit
 pre-LN encoder layers with biased q/k/v/out projections and a causal mask, ``quick_gelu`` MLP,
 final LayerNorm). Parameter paths mirror the HF state dict except the attention projections,
 which use the project's ``Attention`` (``to_q/to_k/to_v/to_out``); see
-``starcaster_jax.weights.clip_text`` for the rename table.
+``starcaster_jax.weights.clip_text`` for the rename table and ``load_arc2face_encoder`` (loading
+Arc2Face's ``encoder/`` directory; ``weights/`` imports ``models/``, never the reverse).
 
 Token ids: we cannot ship a tokenizer, so the Arc2Face prompt's ``input_ids`` come from the
 user's local tokenizer (Arc2Face uses the SD-1.5 one)::
@@ -213,14 +214,6 @@ class Arc2FaceIdentityEncoder(nnx.Module):
         tok = self.text_model.token_embeddings(ids)                          # [B, L, D]
         tok = substitute_token(tok, self.id_index, emb)
         return self.text_model(inputs_embeds=tok)
-
-    @classmethod
-    def from_pretrained(cls, encoder_dir: str, input_ids: Sequence[int], id_index: int,
-                        *, dtype=None) -> "Arc2FaceIdentityEncoder":
-        """From Arc2Face's ``encoder/`` directory (config.json + model.safetensors)."""
-        from starcaster_jax.weights.clip_text import load_clip_text
-        model, _ = load_clip_text(encoder_dir, dtype=dtype)
-        return cls(model, input_ids, id_index)
 
 
 def arc2face_prompt_ids(tokenizer, prompt: str = ARC2FACE_PROMPT,
