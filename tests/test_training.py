@@ -165,8 +165,18 @@ def test_ablations_change_what_the_step_does():
     assert full["context_on"].any() and not full["context_on"].all() and full["context_off_rest"]
     assert full["drop_id"].any() and not full["drop_id"].all()
     assert full["drop_audio"].any()
-    for v in full["views"]:
-        np.testing.assert_array_equal(np.asarray(v), np.asarray(batch["pose"]))
+    # the pose reaches the model: per sample, the window's own poses, or (for samples whose
+    # context is the reference layout of the first animate chunk) that layout's views
+    ref_view = np.asarray(L.reference_layout(None, None, None, None, batch["pose"],
+                                             L.LossConfig.from_config(base))[4])
+    n_ref = 0
+    for v, on in zip(full["views"], full["context_on"]):
+        for i in range(b):
+            if not np.array_equal(np.asarray(v[i]), np.asarray(batch["pose"][i])):
+                assert on[i], i
+                np.testing.assert_allclose(np.asarray(v[i]), ref_view[i], rtol=0, atol=0)
+                n_ref += 1
+    assert n_ref > 0                                   # p_reference_context > 0 is exercised
     assert full["turned"] != pytest.approx(full["loss"][0], rel=1e-6)             # the pose matters
     # no_lip_loss: no lip term at all, the loss is the diffusion loss
     for m, loss in zip(out["no_lip_loss"]["metrics"], out["no_lip_loss"]["loss"]):
