@@ -68,6 +68,12 @@ _AUDIO = {  # encoder, window +-w frames, tokens per frame (fields of models/aud
 
 _ID_TOKENS = {"micro": 1, "tiny": 2, "demo": 4, "small": 4, "paper": 4}
 
+# train.lip_latent_crop: side (latent pixels) of the mouth window of x̂0 the lip loss decodes.
+# The built-in corpus's mouth box is <= 0.19 of the frame (0.24 with the lip reader's margin):
+# about half the window's side at demo/small/paper; the rest is context for the decoder.
+# micro/tiny latents (4 / 8 px) are too small to crop: the full frame is decoded (0).
+_LIP_LATENT_CROP = {"micro": 0, "tiny": 0, "demo": 8, "small": 16, "paper": 32}
+
 
 def parse_arg(arg: str | None) -> dict[str, str]:
     """``"tiny,ablation=no_lip_loss"`` -> ``{"variant": "tiny", "ablation": "no_lip_loss"}``."""
@@ -102,9 +108,16 @@ def base_config(variant: str) -> mlc.ConfigDict:
     # Directory written by `python -m launch.train_encoders` (<dir>/{vae,audio,identity_cond,
     # identity_eval,lip_loss,lip_eval}); the explicit *_checkpoint fields win over it.
     m.encoders_dir = ""
+    # identity.encoder: how a reference image becomes the embedding, in training, generation
+    # and export alike (models/identity/resolve.py): "builtin" (<encoders_dir>/identity_cond, or
+    # the encoder directory encoder_checkpoint names) | "onnx_arcface" (encoder_checkpoint = a
+    # user's insightface ArcFace .onnx) | "arc2face" (not implemented: raises, saying why).
+    # identity.source: what training conditions on: "auto" (the encoder when one exists, else
+    # id_vector) | "encoder" | "precomputed" (the records' ingested embedding) | "id_vector"
+    # (the built-in corpus's ground truth: tests without a trained encoder); training/frozen.py
     m.identity = mlc.ConfigDict(dict(embed_dim=512, num_tokens=_ID_TOKENS[variant],
                                      dim=_UNET[variant]["cross_attention_dim"],
-                                     encoder="builtin", encoder_checkpoint=""))
+                                     encoder="builtin", encoder_checkpoint="", source="auto"))
     m.audio = mlc.ConfigDict(dict(_AUDIO[variant], token_dim=_UNET[variant]["audio_dim"],
                                   layers=None, wav2vec2_path="", encoder_checkpoint=""))
     m.attention_impl = ""          # "" = per platform (einsum CPU, cudnn GPU, splash TPU) | xla | einsum | cudnn | splash
@@ -163,6 +176,9 @@ def base_config(variant: str) -> mlc.ConfigDict:
         p_context_multiview=0.5,    # multiview: P(view 0 is a clean reference)
         per_frame_t=False,          # diffusion forcing: an independent timestep per frame (else one per clip)
         lip_weight=0.0, lip_low_noise_power=1.0, lip_checkpoint="",
+        # lip loss: decode only a lip_latent_crop x lip_latent_crop window of x̂0 latents centred
+        # on the mouth box (and compare it with the real frames' pixels under it); 0 = full frames
+        lip_latent_crop=_LIP_LATENT_CROP[variant],
         strict_reference=False,     # ablation: reference frame always context, no identity tokens
         use_view=True, vae_latent_noise=False))
     # Self-forcing (training/self_forcing.py): roll out R chunks with the inference sampler. The
@@ -182,6 +198,12 @@ def base_config(variant: str) -> mlc.ConfigDict:
     c.mesh = mlc.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.ckpt = mlc.ConfigDict(dict(every_steps=200, keep=3, async_save=True))
     c.eval = mlc.ConfigDict(dict(every_steps=0, sample_every_steps=0, num_samples=1))
+    # Training loop (training/periodic_eval.py): every eval.every_steps steps (0 = never) animate
+    # eval.quick_clips held-out clips, write their scores beside the baselines and a strip of
+    # true / generated frames to TensorBoard. Needs the evaluators in model.encoders_dir; when
+    # they (or held-out clips) are missing it logs one line and stays off, unless eval.required.
+    c.eval.required = False
+    c.eval.use_ema = True          # evaluate the EMA weights (what launch.generate samples) else the raw ones
     # launch.evaluate (starcaster_jax/evaluation): which modes, how many held-out records each.
     c.eval.modes = ("animate", "synthesize", "novel_view", "multiview", "long_horizon", "motion")
     c.eval.num_clips = 8           # test clips for animate / synthesize / motion

@@ -11,7 +11,9 @@ An artefact is a directory::
     chunk_noid.jaxexport   the same chunk without an identity condition
     encode.jaxexport       reference frame [1, 1, R, R, 3] in [-1, 1] -> latent [1, 1, h, w, c]
     decode.jaxexport       F latents [1, F, h, w, c] -> uint8 frames [F, R, R, 3]
-    identity.jaxexport     face crop [1, R, R, 3] -> [1, 512] (only with an identity encoder)
+    identity.jaxexport     face crop [1, R, R, 3] -> [1, 512] (only with a built-in identity
+                           encoder; the manifest's ``identity_encoder`` says which encoder the
+                           model was trained with, ``model.identity.encoder``)
 
 Each ``.jaxexport`` holds ``jax.export.Exported.serialize()``: StableHLO plus its calling
 convention, for the platforms asked (``cpu``, ``cuda``, ``tpu``; lowering for a platform does
@@ -80,12 +82,14 @@ def _signature(specs: Sequence) -> list:
 def export_generator(gen, out_dir: str, *, settings=None, identity_encoder=None, dtype: str = "bfloat16",
                      platforms: Optional[Sequence[str]] = None, source: str = "") -> dict:
     """Write the artefact of a :class:`~starcaster_jax.inference.generate.Generator` to ``out_dir``;
-    returns the manifest. ``identity_encoder``: a built-in identity encoder module (exported as
-    ``identity`` so that a served reference image gives its own embedding)."""
+    returns the manifest. ``identity_encoder``: what ``models/identity/resolve.py`` resolved
+    (a built-in encoder is exported as ``identity`` so that a served reference image gives its
+    own embedding; an ONNX ArcFace runs on the host, outside any exportable program, so it is
+    named in the manifest and a served reference needs its embedding passed in)."""
     from flax import nnx
     from safetensors.flax import save_file
     from starcaster_jax.inference.generate import SamplingSettings
-    from starcaster_jax.models import builtin_encoders
+    from starcaster_jax.models.identity import resolve as identity_resolve
 
     if dtype not in EXPORT_DTYPES:
         raise GenerationError(f"--dtype: expected one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
@@ -101,6 +105,12 @@ def export_generator(gen, out_dir: str, *, settings=None, identity_encoder=None,
     wdtype = jnp.dtype(dtype)
     states = gen._states()
     groups = {k: _Group(k, states[k], wdtype) for k in ("model", "audio", "vae")}
+    id_info = None
+    if isinstance(identity_encoder, identity_resolve.OnnxIdentityEncoder):
+        id_info = {"kind": "onnx_arcface", "path": identity_encoder.path, "exported": False}
+        identity_encoder = None
+    elif identity_encoder is not None:
+        id_info = {"kind": "builtin", "exported": True}
     if identity_encoder is not None:
         groups["identity"] = _Group("identity", nnx.split(identity_encoder)[1], wdtype)
         id_graph = nnx.split(identity_encoder)[0]
@@ -152,8 +162,8 @@ def export_generator(gen, out_dir: str, *, settings=None, identity_encoder=None,
         {"frames": {"shape": [group, res, res, 3], "dtype": "uint8"}})
     if identity_encoder is not None:
         def identity(flat, frames):
-            return builtin_encoders.identity_embedding(nnx.merge(id_graph, groups["identity"].restore(flat["identity"])),
-                                                       frames)
+            return identity_resolve.embed_frames(nnx.merge(id_graph, groups["identity"].restore(flat["identity"])),
+                                                 frames)
         add("identity", identity, ("identity",), [_sds((1, res, res, 3), jnp.float32)], ["frames"],
             {"embedding": {"shape": [1, id_dim], "dtype": "float32"}})
 
@@ -175,6 +185,7 @@ def export_generator(gen, out_dir: str, *, settings=None, identity_encoder=None,
         "audio_window": gen.audio_window,
         "samples_per_frame": SAMPLES_PER_FRAME,
         "identity_dim": id_dim,
+        "identity_encoder": id_info,
         "view_reference": gen.view_reference,
         "sampling": {"sampler": settings.sampler, "steps": int(settings.steps), "audio_cfg": float(settings.audio_cfg),
                      "id_cfg": float(settings.id_cfg), "eta": float(settings.eta)},
@@ -190,15 +201,12 @@ def export_checkpoint(checkpoint: str, out_dir: str, *, use_ema: bool = True, se
                       dtype: str = "bfloat16", platforms=None) -> dict:
     """A training workdir -> an artefact (``launch/export.py``)."""
     from starcaster_jax.inference.generate import Generator, SamplingSettings, load_parts
+    from starcaster_jax.models.identity import resolve as identity_resolve
     parts = load_parts(checkpoint, use_ema=use_ema, need_identity=False)
-    ident = None
-    enc_dir = parts.config.model.get("encoders_dir", "") or ""
-    if enc_dir:
-        from starcaster_jax.inference.generate import _resolve_dir
-        from starcaster_jax.models import builtin_encoders
-        d = _resolve_dir(enc_dir, checkpoint)
-        if os.path.isdir(os.path.join(d, "identity_cond")):
-            ident = builtin_encoders.load(d, "identity_cond")
+    try:   # the encoder training and generation resolve (None: the artefact takes embeddings only)
+        ident = identity_resolve.resolve_identity_encoder(parts.config.model, base_dir=checkpoint)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise GenerationError(f"identity encoder: {str(e).splitlines()[0]}") from None
     gen = Generator(parts.model, parts.vae, parts.audio_encoder, parts.config)
     settings = SamplingSettings.from_config(parts.config, **(settings_overrides or {}))
     return export_generator(gen, out_dir, settings=settings, identity_encoder=ident, dtype=dtype,

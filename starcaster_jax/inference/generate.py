@@ -432,7 +432,7 @@ class Parts:
 # Fields that change no parameter shape (runtime choices, paths): ignored when an explicit
 # --config is checked against the checkpoint's own config.
 _RUNTIME_FIELDS = {"dtype", "remat_policy", "encoder_checkpoint", "wav2vec2_path", "attention_impl",
-                   "encode_chunk", "decode_chunk"}
+                   "encode_chunk", "decode_chunk", "source"}
 
 
 def config_mismatch(stored, given, prefix: str = "model") -> Optional[str]:
@@ -489,8 +489,15 @@ def load_parts(path: str, *, config=None, use_ema: bool = True, need_identity: b
         if why:
             raise GenerationError(f"--checkpoint {path} does not match --config: {why}")
         cfg = config
-    mc = cfg.model
-    enc_dir = _resolve_dir(mc.get("encoders_dir", "") or "", path)
+    vae, audio, identity_fn = encoder_parts(cfg.model, path, need_identity=need_identity)
+    return Parts(model, vae, audio, cfg, identity_fn)
+
+
+def encoder_parts(mc, base_dir: str = "", *, need_identity: bool = False) -> tuple:
+    """``(vae, audio_encoder, identity_fn)`` a generator of a model with config section
+    ``mc`` samples with: the rule :func:`load_parts` (and the training loop's evaluation,
+    ``training/periodic_eval.py``) use, relative paths also tried below ``base_dir``."""
+    enc_dir = _resolve_dir(mc.get("encoders_dir", "") or "", base_dir)
 
     def builtin(name):
         if not enc_dir:
@@ -503,7 +510,7 @@ def load_parts(path: str, *, config=None, use_ema: bool = True, need_identity: b
 
     vae_path = vae_path_from_config(mc)
     if vae_path:
-        vae = load_vae(_resolve_dir(vae_path, path))[0]
+        vae = load_vae(_resolve_dir(vae_path, base_dir))[0]
     else:
         vae = builtin("vae")
     if vae is None:
@@ -517,18 +524,29 @@ def load_parts(path: str, *, config=None, use_ema: bool = True, need_identity: b
             audio = builtin("audio")
         if audio is None:
             raise GenerationError("config.model.encoders_dir is empty: no audio encoder")
-    identity_fn = None
-    if need_identity:
-        ident = builtin("identity_cond")
-        if ident is None:
-            raise GenerationError("config.model.encoders_dir is empty: no identity encoder for a "
-                                  "reference image; pass --identity EMB.npy")
-        from starcaster_jax.models import builtin_encoders
-        embed = nnx.jit(builtin_encoders.identity_embedding)
+    identity_fn = identity_fn_from_config(mc, base_dir) if need_identity else None
+    return vae, audio, identity_fn
 
-        def identity_fn(frames):  # [B, H, W, 3] in [-1, 1] -> [B, 512]
-            return embed(ident, frames)
-    return Parts(model, vae, audio, cfg, identity_fn)
+
+def identity_fn_from_config(model_cfg, base_dir: str = "") -> Callable:
+    """``frames [B, H, W, 3]`` in [-1, 1] -> ``[B, 512]`` with the identity encoder
+    ``model.identity.encoder`` names, resolved as training resolves it
+    (``models/identity/resolve.py``); relative paths are also tried below ``base_dir`` (the
+    training workdir). The function's ``encoder`` attribute is the resolved module."""
+    from starcaster_jax.models.identity import resolve as identity_resolve
+    try:
+        ident = identity_resolve.resolve_identity_encoder(model_cfg, base_dir=base_dir)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise GenerationError(f"identity encoder: {str(e).splitlines()[0]}") from None
+    if ident is None:
+        raise GenerationError("config.model.encoders_dir is empty: no identity encoder for a "
+                              "reference image; pass --identity EMB.npy")
+    embed = nnx.jit(identity_resolve.embed_frames)
+
+    def identity_fn(frames):  # [B, H, W, 3] in [-1, 1] -> [B, 512]
+        return embed(ident, frames)
+    identity_fn.encoder = ident
+    return identity_fn
 
 
 def random_module(ctor: Callable[[], nnx.Module], seed: int = 0) -> nnx.Module:

@@ -82,6 +82,11 @@ class Server:
 
     def identity_from_image(self, image: np.ndarray) -> np.ndarray:
         if not self.has_identity_encoder:
+            info = self.manifest.get("identity_encoder") or {}
+            if info.get("kind") == "onnx_arcface":   # runs on the host: not in the artefact
+                raise C.GenerationError(f"this artefact's identity encoder is the ONNX ArcFace "
+                                        f"{info.get('path')} (model.identity.encoder), which is not "
+                                        f"exported: embed the reference with it and pass --identity EMB.npy")
             raise C.GenerationError("this artefact has no identity encoder; pass an identity embedding (.npy)")
         x = jnp.asarray(C.prepare_image(image, self.resolution)[None])
         return C.normalize_embedding(np.asarray(self._call("identity", x))[0], "identity encoder output")

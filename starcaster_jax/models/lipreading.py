@@ -193,6 +193,53 @@ def crop_mouths(frames: jax.Array, boxes: jax.Array, size: int, margin: float = 
 
 
 # ----------------------------------------------------------------------------------------------
+# Mouth windows of latents (decode only the mouth for the lip loss)
+# ----------------------------------------------------------------------------------------------
+def mouth_window(boxes: jax.Array, latent_hw: tuple[int, int], size: int) -> jax.Array:
+    """Top-left corner ``[B,F,2]`` int32 ``(y, x)``, in latent pixels, of the ``size x size``
+    latent window centred on each mouth box and shifted to lie inside the ``latent_hw`` frame.
+
+    Why a fixed ``size``: the lip loss decodes only this window of x̂0, and a static shape is
+    what lets the decode jit (one compiled program whatever the boxes). ``boxes [B,F,4]`` are
+    ``(y0, x0, y1, x1)`` in [0, 1] of the frame, as ``crop_mouths`` takes them.
+    """
+    h, w = latent_hw
+    boxes = boxes.astype(jnp.float32)
+    cy = (boxes[..., 0] + boxes[..., 2]) * 0.5 * h                     # [B,F] latent pixels
+    cx = (boxes[..., 1] + boxes[..., 3]) * 0.5 * w
+    y0 = jnp.clip(jnp.round(cy - size / 2), 0, h - size)
+    x0 = jnp.clip(jnp.round(cx - size / 2), 0, w - size)
+    return jnp.stack([y0, x0], axis=-1).astype(jnp.int32)
+
+
+def crop_windows(x: jax.Array, corner: jax.Array, size: int, scale: int = 1) -> jax.Array:
+    """``x [B,F,H,W,C]`` -> ``[B,F,size*scale,size*scale,C]``: per frame, the square starting
+    at ``corner * scale`` (``corner [B,F,2]`` in units of ``scale`` pixels of ``x``: latent
+    pixels with ``scale`` = the VAE factor when ``x`` are frames). A ``dynamic_slice``, so the
+    gradient reaches only the window."""
+    side = size * scale
+
+    def one(img, c):  # [H,W,C], [2] -> [side,side,C]
+        return jax.lax.dynamic_slice(img, (c[0] * scale, c[1] * scale, 0), (side, side, img.shape[-1]))
+
+    return jax.vmap(jax.vmap(one))(x, corner)
+
+
+def boxes_in_window(boxes: jax.Array, corner: jax.Array, size: int, frame_hw: tuple[int, int],
+                    factor: int) -> jax.Array:
+    """Mouth boxes ``[B,F,4]`` (normalised to the full frame) -> the same pixels in the
+    normalised coordinates of the pixel window ``crop_windows(frames, corner, size, factor)``
+    cuts, so ``crop_mouths`` samples the same mouth from the window as from the frame."""
+    H, W = frame_hw
+    side = float(size * factor)
+    oy = corner[..., 0].astype(jnp.float32) * factor                   # [B,F] pixels
+    ox = corner[..., 1].astype(jnp.float32) * factor
+    b = boxes.astype(jnp.float32)
+    return jnp.stack([(b[..., 0] * H - oy) / side, (b[..., 1] * W - ox) / side,
+                      (b[..., 2] * H - oy) / side, (b[..., 3] * W - ox) / side], axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------
 # Features and loss
 # ----------------------------------------------------------------------------------------------
 def lip_features(model: LipReader, frames: jax.Array, mouth_boxes: jax.Array) -> jax.Array:

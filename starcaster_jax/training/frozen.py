@@ -8,7 +8,9 @@ become HLO constants. Where each comes from, first match wins:
     vae       model.vae_checkpoint | model.pretrained.vae (diffusers dirs; the rule inference
               shares: weights/vae.vae_path_from_config) | <encoders_dir>/vae | random (tests only)
     audio     model.audio.wav2vec2_path | <encoders_dir>/audio | random (tests only)
-    identity  <encoders_dir>/identity_cond (model.identity.encoder_checkpoint overrides)
+    identity  model.identity.encoder (builtin: <encoders_dir>/identity_cond, or
+              model.identity.encoder_checkpoint; onnx_arcface: that .onnx file), through
+              models/identity/resolve.py, the resolver generation and export call too
     lip       <encoders_dir>/lip_loss (train.lip_checkpoint overrides) | random (tests only)
 
 A random frozen network is allowed (tiny tests exercise the mechanics with it) but logged loudly.
@@ -22,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from starcaster_jax.models.identity import resolve as identity_resolve
 from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.models.vae import VAEConfig, create_vae
@@ -58,13 +61,10 @@ def identity_source(config) -> str:
     """``model.identity.source``: "encoder" (embed the reference frame), "precomputed" (the
     record's 512-d embedding, ingested real data) or "id_vector" (the built-in corpus's ground
     truth vector, zero-padded and normalised: tests without a trained encoder). "auto" picks
-    "encoder" when an identity encoder is available, else "id_vector"."""
-    src = str(config.model.identity.get("source", "auto"))
+    "encoder" when ``model.identity.encoder`` names one that exists, else "id_vector"."""
+    src = str(config.model.identity.source)
     if src == "auto":
-        has = bool(config.model.identity.get("encoder_checkpoint", "")) or (
-            bool(_encoders_dir(config))
-            and os.path.isdir(os.path.join(_encoders_dir(config), "identity_cond")))
-        return "encoder" if has else "id_vector"
+        return "encoder" if identity_resolve.has_identity_encoder(config.model) else "id_vector"
     if src not in ("encoder", "precomputed", "id_vector"):
         raise ValueError(f"model.identity.source {src!r}: expected auto|encoder|precomputed|id_vector")
     return src
@@ -107,7 +107,7 @@ def build_frozen(config) -> dict[str, nnx.Module]:
             nets["audio"] = enc
     # identity
     if identity_source(config) == "encoder":
-        enc = _from_dir(config, "identity_cond", m.identity.get("encoder_checkpoint", ""))
+        enc = identity_resolve.resolve_identity_encoder(m)
         if enc is None:
             raise FileNotFoundError("model.identity.source='encoder' needs model.encoders_dir or "
                                     "model.identity.encoder_checkpoint")

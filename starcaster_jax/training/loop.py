@@ -2,7 +2,8 @@
 
     mesh -> Trainer (abstract state, shardings, compiled steps) -> data iterator
     -> restore (workdir) | init_from (previous stage) | fresh init
-    -> for each batch: its stream's step -> metrics -> checkpoint -> samples
+    -> for each batch: its stream's step -> metrics -> checkpoint
+       -> every eval.every_steps: held-out evaluation + sample frames (training/periodic_eval.py)
     -> final checkpoint
 
 Pre-emption: SIGTERM (what TPU maintenance / SLURM send) sets a flag; the loop saves a
@@ -23,6 +24,7 @@ import numpy as np
 from starcaster_jax import sharding as shd
 from starcaster_jax.training.checkpoint import Checkpointer, restore_params
 from starcaster_jax.training.metrics import MetricWriter, device_peak_flops, step_flops
+from starcaster_jax.training.periodic_eval import PeriodicEval
 from starcaster_jax.training.step import Trainer
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
 
     writer = MetricWriter(workdir, total_steps=total, progress=bool(config.log.get("progress", True)))
     writer.advance(step)
+    evaluation = PeriodicEval(config, trainer)
     log_every = max(int(config.log.every_steps), 1)
     ckpt_every = max(int(config.ckpt.every_steps), 1)
     max_wall = float(config.get("max_wall_minutes", 0.0) or 0.0) * 60.0
@@ -145,7 +148,8 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
             if delay:
                 time.sleep(delay)
 
-            stop_now = pre.requested or bool(max_wall and time.perf_counter() - t_start - compile_s > max_wall)
+            stop_now = pre.requested or bool(
+                max_wall and time.perf_counter() - t_start - compile_s - evaluation.seconds > max_wall)
             if jax.process_count() > 1:   # every host must stop at the same step boundary
                 from jax.experimental import multihost_utils
                 stop_now = bool(np.any(multihost_utils.process_allgather(np.array([stop_now]))))
@@ -172,6 +176,11 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
             if step % ckpt_every == 0 or done or timeout:
                 ckpt.save(step, state, config, data, force=True)
                 last_saved = step
+            if evaluation.due(step) and not timeout:
+                # reads the state only: its own clips and noise (not the iterator, not state.rng)
+                t_eval = evaluation.seconds
+                evaluation.run(step, state, writer)
+                t_log += evaluation.seconds - t_eval    # not counted as training throughput
             if done or timeout:
                 break
 
@@ -181,6 +190,7 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
     writer.close()
     summary.update(step=step, skipped=int(jax.device_get(state.skipped)),
                    skipped_records=data.skipped, history=writer.history,
-                   preempted=pre.requested, wall_s=time.perf_counter() - t_start, compile_s=compile_s)
+                   preempted=pre.requested, wall_s=time.perf_counter() - t_start, compile_s=compile_s,
+                   eval_s=evaluation.seconds, eval_history=writer.eval_history)
     data.close()
     return summary

@@ -51,6 +51,7 @@ class LossConfig:
     p_drop_view: float
     lip_weight: float
     lip_low_noise_power: float       # lip weight per frame = (alpha^2 / (alpha^2 + sigma^2)) ** p
+    lip_latent_crop: int             # side of the decoded mouth window, latent pixels (0: full frame)
     identity_source: str
     embed_dim: int
     audio_window: int
@@ -80,6 +81,7 @@ class LossConfig:
             p_drop_id=float(t.p_drop_id), p_drop_audio=float(t.p_drop_audio),
             p_drop_view=float(t.p_drop_view), lip_weight=float(t.get("lip_weight", 0.0)),
             lip_low_noise_power=float(t.get("lip_low_noise_power", 1.0)),
+            lip_latent_crop=int(t.lip_latent_crop),
             identity_source=frozen_lib.identity_source(config),
             embed_dim=int(config.model.identity.embed_dim),
             audio_window=int(config.model.audio.window),
@@ -97,9 +99,9 @@ class LossConfig:
 def identity_embedding(nets, batch, lc: LossConfig):
     """[B, 512] unit identity embedding from the reference (first) frame, the record, or the
     ground-truth vector, per ``model.identity.source``."""
-    if lc.identity_source == "encoder":
-        from starcaster_jax.models.builtin_encoders import identity_embedding as embed
-        return jax.lax.stop_gradient(embed(nets["identity"], batch["frames"][:, 0]))
+    if lc.identity_source == "encoder":   # model.identity.encoder, as generation embeds a reference
+        from starcaster_jax.models.identity import resolve as identity_resolve
+        return jax.lax.stop_gradient(identity_resolve.embed_frames(nets["identity"], batch["frames"][:, 0]))
     if lc.identity_source == "precomputed":
         e = batch["identity"].astype(jnp.float32)
         if e.shape[-1] != lc.embed_dim:
@@ -153,18 +155,52 @@ def low_noise_weight(schedule, t, power: float):
     return (alpha**2 / (alpha**2 + sigma**2)) ** power
 
 
+def mouth_latent_window(x0_hat, mouth_box, size: int):
+    """The corner ``[B, T, 2]`` of each frame's ``size x size`` mouth window of latents
+    ``x0_hat [B, T, h, w, C]``, or None when the window would be the whole frame (``size`` 0,
+    or at least the latent side): then the lip loss decodes full frames."""
+    h, w = x0_hat.shape[2:4]
+    if size <= 0 or size >= min(h, w):
+        return None
+    from starcaster_jax.models.lipreading import mouth_window
+    return mouth_window(mouth_box, (h, w), size)
+
+
+def lip_inputs(vae, x0_hat, frames, mouth_box, context_mask, size: int):
+    """What the lip reader compares: ``(gen, gt, boxes)``, decoded x̂0 and the real frames over
+    the same pixels, and the mouth boxes in those pixels' coordinates.
+
+    With a mouth window (``size`` latent pixels, ``train.lip_latent_crop``) only the window of
+    x̂0 is decoded, ``[B, T, size*f, size*f, 3]``, and ``gt`` is the real frames' pixel window
+    under it: the decoder (and its backward pass) runs on ``(size / h)^2`` of the frame. The
+    window is centred on the mouth box, so the margin around the box is context for the
+    decoder's receptive field; its GroupNorm statistics and mid-block attention see the window
+    only, so the decode is close to, not equal to, the full frame's pixels there. Context
+    frames are the clean real frames (the lip reader's temporal convolutions see them next to
+    the generated ones), not the model's prediction."""
+    corner = mouth_latent_window(x0_hat, mouth_box, size)
+    if corner is not None:
+        from starcaster_jax.models.lipreading import boxes_in_window, crop_windows
+        f = frames.shape[2] // x0_hat.shape[2]                                # VAE factor
+        mouth_box = boxes_in_window(mouth_box, corner, size, frames.shape[2:4], f)
+        frames = crop_windows(frames, corner, size, f)                        # [B, T, S*f, S*f, 3]
+        x0_hat = crop_windows(x0_hat, corner, size)                           # [B, T, S, S, C]
+    gen = vae.decode_video(x0_hat)                                            # [B, T, R', R', 3]
+    gen = jnp.where(context_mask[:, :, None, None, None], frames.astype(gen.dtype), gen)
+    return gen, frames, mouth_box
+
+
 def noise_weighted_lip_loss(nets, x0_hat, t, frames, mouth_box, context_mask, lc: LossConfig):
     """Lip-reading loss of decoded ``x0_hat [B, T, h, w, C]`` against ``frames``, weighted per
     frame towards low noise and normalised by the number of supervised (non-context) frames, so
-    a batch drawn at high noise really gets a small lip loss. Context frames enter the lip
-    reader as the clean frames they are (its temporal convolutions see them next to the
-    generated ones), not as the model's prediction."""
+    a batch drawn at high noise really gets a small lip loss. Only the mouth window of x̂0 is
+    decoded when ``lc.lip_latent_crop`` is set (:func:`lip_inputs`)."""
     from starcaster_jax.models.lipreading import lip_loss
-    gen = nets["vae"].decode_video(x0_hat)                                   # [B, T, R, R, 3]
-    gen = jnp.where(context_mask[:, :, None, None, None], frames.astype(gen.dtype), gen)
+    gen, gt, boxes = lip_inputs(nets["vae"], x0_hat, frames, mouth_box, context_mask,
+                                lc.lip_latent_crop)
     keep = (~context_mask).astype(jnp.float32)                               # [B, T]
     w = low_noise_weight(lc.schedule, t, lc.lip_low_noise_power) * keep
-    return lip_loss(nets["lip"], gen, frames, mouth_box, weights=w, normalizer=jnp.sum(keep))
+    return lip_loss(nets["lip"], gen, gt, boxes, weights=w, normalizer=jnp.sum(keep))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ class MetricWriter:
             from tqdm import tqdm
             self.bar = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True)
         self.history: list[dict] = []
+        self.eval_history: list[dict] = []
 
     def add(self, kind: str, metrics: dict) -> None:
         for k, v in metrics.items():
@@ -96,6 +97,18 @@ class MetricWriter:
         except Exception:  # noqa: BLE001 - moviepy missing: fall back to the first frames
             self.tb.add_images(tag, frames[:, 0], step, dataformats="NHWC")
 
+    def write_eval(self, step: int, scalars: dict, images: dict | None = None) -> None:
+        """The training loop's held-out evaluation: scalars as they are (no averaging) and
+        images ``{tag: uint8 [H, W, 3]}`` (e.g. true frames above generated ones)."""
+        self.eval_history.append(dict(scalars, step=step))
+        if self.tb is None:
+            return
+        for k, v in scalars.items():
+            self.tb.add_scalar(k, float(v), step)
+        for tag, img in (images or {}).items():
+            self.tb.add_image(tag, np.asarray(img, np.uint8), step, dataformats="HWC")
+        self.tb.flush()
+
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)
@@ -105,3 +118,30 @@ class MetricWriter:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def read_events(logdir: str) -> list[dict]:
+    """Every summary value in the TensorBoard event files under ``logdir`` (the writer's
+    ``<workdir>/tensorboard``), as ``{"step", "tag", "value"}`` (scalars) or ``{"step", "tag",
+    "image": encoded bytes, "height", "width"}``: a reader with no TensorFlow / tensorboard
+    install (event files are TFRecord-framed ``Event`` protos)."""
+    import glob
+    import struct
+
+    from tensorboardX.proto import event_pb2
+    out = []
+    for path in sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True)):
+        with open(path, "rb") as f:
+            data = f.read()
+        i = 0
+        while i + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            ev = event_pb2.Event.FromString(data[i + 12:i + 12 + n])  # length, crc, data, crc
+            i += 12 + n + 4
+            for v in ev.summary.value:
+                if v.HasField("image"):
+                    out.append({"step": ev.step, "tag": v.tag, "image": v.image.encoded_image_string,
+                                "height": v.image.height, "width": v.image.width})
+                elif v.HasField("simple_value"):
+                    out.append({"step": ev.step, "tag": v.tag, "value": v.simple_value})
+    return out
