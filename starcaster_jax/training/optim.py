@@ -107,6 +107,30 @@ def trainable_mask(params, groups) -> Any:
     return jax.tree.map(lambda lab: lab != "freeze", param_labels(params, groups))
 
 
+def opt_state_shardings(abs_opt, params_shardings, abstract_params, default):
+    """Shardings of the optimiser state: a leaf under a parameter's path (Adam's ``mu``/``nu``
+    end with ``model.<param path>``) with that parameter's shape takes the parameter's sharding;
+    everything else (counts, masked-out nodes) gets ``default``.
+
+    Why not XLA's propagation through ``tx.init``: the moments are ``zeros_like(param)``, which
+    carries no data dependence on the (sharded) parameter, so XLA:TPU leaves them replicated:
+    a full copy of both moments on every chip."""
+    table = {}
+    for (path, a), s in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0],
+                            jax.tree.leaves(params_shardings)):
+        table[path_str(path)] = (tuple(a.shape), s)
+
+    def one(path, a):
+        parts = path_str(path).split(".")
+        for i in range(len(parts)):
+            hit = table.get(".".join(parts[i:]))
+            if hit is not None and hit[0] == tuple(getattr(a, "shape", ())):
+                return hit[1]
+        return default
+
+    return jax.tree_util.tree_map_with_path(one, abs_opt)
+
+
 def ema_update(ema, params, decay: float, step):
     """EMA with the usual warm-up ``min(decay, (1 + step) / (10 + step))`` so early EMA weights
     are not dominated by the random init."""

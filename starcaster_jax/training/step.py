@@ -77,13 +77,9 @@ class Trainer:
         self.tx, self.lr = optim.make_optimizer(_with_groups(config, groups), abstract_params)
         self.mask = optim.trainable_mask(abstract_params, groups)
         abs_opt = jax.eval_shape(self.tx.init, abstract_params)
-        # Optimiser-state shardings: let XLA propagate the params' shardings through tx.init
-        # (Adam moments follow their params; counts and masked-out leaves are replicated).
-        abs_params_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                     abstract_params, params_sh)
-        with jax.set_mesh(mesh):
-            opt_sh = jax.jit(self.tx.init).lower(abs_params_sh).compile().output_shardings
         rep = replicated(mesh)
+        # Adam moments follow their params; counts and masked-out leaves are replicated.
+        opt_sh = optim.opt_state_shardings(abs_opt, params_sh, abstract_params, rep)
         self.state_shardings = TrainState(step=rep, params=params_sh, opt_state=opt_sh,
                                           ema=params_sh, rng=rep, skipped=rep)
         self._abs_opt = abs_opt
