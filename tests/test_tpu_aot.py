@@ -8,6 +8,7 @@ agree, no activation of the sharded grads program is as large as a replicated ba
 it, and splash kernels are really in the programs. Plus the plan CLI's misuse and does-not-fit
 exits.
 """
+import logging
 import os
 import subprocess
 import sys
@@ -59,6 +60,8 @@ def _no_persistent_cache():
 def plan():
     """name -> (program, compiled, optimised HLO, report) for grads:video, update, generate_chunk."""
     tp.quiet_libtpu(TOPOLOGY)
+    # the frozen networks are abstract here: their "random init, tests only" warnings do not apply
+    logging.getLogger("starcaster_jax.training.frozen").setLevel(logging.ERROR)
     config = _tiny_config()
     chip, devices = tp.topology_devices(TOPOLOGY)
     mesh = tp.tpu_mesh(config, devices)
