@@ -7,7 +7,7 @@ and view paths from any test) and the frozen nets the step would build.
 - ``drop_audio`` removes the audio path and nothing else: the loss no longer depends on the
   audio, and still depends on the identity and the pose.
 - Self-forcing: the rollout's context is not the ground truth, and equals an independent
-  guided ``denoise_steps`` run written out here; no gradient leaks into the rollout, checked
+  guided ``denoise_steps`` run written out here and what ``Generator`` makes for the same seed; no gradient leaks into the rollout, checked
   with a model whose context actually matters to the loss.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ from flax import nnx
 from configs import stage2_audio
 from data_pipelines.schema import SAMPLES_PER_FRAME as SPF
 from starcaster_jax.diffusion.samplers import denoise_steps
-from starcaster_jax.inference.generate import random_module
+from starcaster_jax.inference.views import IDENTITY_POSE
+from starcaster_jax.inference.generate import Generator, SamplingSettings, random_module
 from starcaster_jax.models.audio.alignment import encode_windows
 from starcaster_jax.models.conditioning import rebase_view
 from starcaster_jax.models.rngs import InitRngs
@@ -148,7 +149,7 @@ def test_drop_audio_removes_only_the_audio_path(parts):
 def _independent_rollout(model, nets, x0, batch, rng, lc, sf):
     """The context chunk R sees, written out from ``denoise_steps`` and the guidance formula
     ``u + s_id (c_id - u) + s_audio (c_full - c_id)``: each chunk r starts from
-    ``normal(fold_in(rng, r))``, keeps the previous chunk's last K frames as clean context, and
+    ``normal(split(fold_in(rng, r))[0])``, keeps the previous chunk's last K frames as clean context, and
     encodes its own audio span ``[rF - w, rF + K + F + w)`` and its own relative view."""
     k, f, w = lc.context_frames, lc.num_frames, lc.audio_window
     b = x0.shape[0]
@@ -171,7 +172,8 @@ def _independent_rollout(model, nets, x0, batch, rng, lc, sf):
             u, c_id, c_full = call(x, t, yes, yes), call(x, t, no, yes), call(x, t, no, no)
             return u + s_id * (c_id - u) + s_audio * (c_full - c_id)
 
-        noise = jax.random.normal(jax.random.fold_in(rng, r), (b, k + f) + x0.shape[2:], x0.dtype)
+        k_noise = jax.random.split(jax.random.fold_in(rng, r))[0]   # Generator's rule
+        noise = jax.random.normal(k_noise, (b, k + f) + x0.shape[2:], x0.dtype)
         context = jnp.concatenate([ctx, jnp.zeros_like(noise[:, k:])], axis=1)
         out, _ = denoise_steps(guided, noise, schedule=lc.schedule, objective=lc.objective,
                                sampler=sf.sampler, steps=sf.steps, context=context,
@@ -198,6 +200,46 @@ def test_self_forcing_context_is_the_models_own_rollout(parts):
     assert ctx.shape == gt.shape
     assert float(jnp.abs(ctx - gt).mean()) > 0.1 * float(jnp.abs(gt).mean())
     np.testing.assert_allclose(np.asarray(ctx), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_self_forcing_context_equals_what_the_generator_makes(parts):
+    """The rollout, given the first animate chunk's layout (the reference latent as context, zero
+    audio before frame 0, no view), makes exactly the latents ``Generator.video`` makes for the
+    same seed, speech, reference and identity: chunk R's context is chunk R-1's last K latents.
+    Catches any drift between the two callers: noise keys, audio spans, guidance, grid."""
+    c, model, nets = parts
+    lc, sf = L.LossConfig.from_config(c), SF.SelfForcingConfig.from_config(c)
+    k, f, w = lc.context_frames, lc.num_frames, lc.audio_window
+    total = sf.window_frames(k, f)
+    r_px = int(c.data.resolution)
+    rng = np.random.default_rng(3)
+    reference = rng.integers(0, 256, (r_px, r_px, 3), dtype=np.uint8)
+    speech = rng.normal(0, 0.3, ((sf.chunks + 1) * f * SPF,)).astype(np.float32)  # >= 0.2 s
+    id_vec = rng.normal(size=(int(c.model.identity.embed_dim),)).astype(np.float32)
+    id_vec /= np.linalg.norm(id_vec)
+    seed = 11
+    settings = SamplingSettings(sampler=sf.sampler, steps=sf.steps, audio_cfg=sf.audio_cfg,
+                                id_cfg=sf.id_cfg, spacing=sf.spacing)
+    gen = Generator(model, nets["vae"], nets["audio"], c)
+    made = []
+    list(gen.video(speech, reference=reference, id_emb=id_vec, settings=settings, seed=seed,
+                   latent_hook=lambda ch, lat: made.append(np.asarray(lat)) or lat))
+    assert len(made) > sf.chunks
+
+    # The same inputs in the training window's layout: window frame j is output frame j - K,
+    # and the window's audio starts at window frame -w.
+    ref_lat = gen.encode_reference(reference)                           # [1, 1, h, w, c]
+    x0 = jnp.zeros((1, total) + ref_lat.shape[2:], jnp.float32).at[:, :k].set(
+        jnp.repeat(ref_lat, k, axis=1))
+    audio = np.zeros(((total + 2 * w) * SPF,), np.float32)
+    audio[(k + w) * SPF:(k + w) * SPF + speech.size] = speech
+    cond = {"id_emb": jnp.asarray(id_vec)[None], "audio": jnp.asarray(audio)[None],
+            "view": jnp.tile(jnp.asarray(IDENTITY_POSE)[None, None], (1, total, 1))}  # dropped
+    yes, no = jnp.ones((1,), bool), jnp.zeros((1,), bool)
+    ctx = SF.rollout(model, nets, x0, cond, (no, no, yes), jax.random.key(seed), lc, sf)
+    want = made[sf.chunks - 1][:, -k:]
+    assert float(np.abs(want).mean()) > 0
+    np.testing.assert_allclose(np.asarray(ctx), want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["context_stopgrad", "last_step"])

@@ -8,9 +8,19 @@ context_mask, drop_id, drop_audio, drop_view)``; guidance mixes the nested branc
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 
 from starcaster_jax.diffusion.guidance import guided_model_fn
 from starcaster_jax.diffusion.samplers import sample
+
+
+def chunk_noise(rng, shape, dtype=jnp.float32):
+    """A chunk's starting noise ``[B, T, h, w, c]`` and the key of its sampler's own randomness
+    (eta), from the chunk's key ``fold_in(seed_key, chunk_index)``. One rule for ``Generator``
+    and the self-forcing rollout, so the same seed and inputs give the same chunk in both."""
+    k_noise, k_eta = jax.random.split(rng)
+    return jax.random.normal(k_noise, shape, dtype), k_eta
 
 
 def sample_chunk(model, noise, *, context, context_mask, id_emb, audio_windows, view, drop_view,
@@ -42,4 +52,4 @@ def sample_chunk(model, noise, *, context, context_mask, id_emb, audio_windows, 
                   rng=rng if eta > 0 else None, spacing=spacing or None)
 
 
-__all__ = ["sample_chunk"]
+__all__ = ["chunk_noise", "sample_chunk"]

@@ -44,7 +44,7 @@ import numpy as np
 from flax import nnx
 from starcaster_jax.models.rngs import InitRngs
 
-from starcaster_jax.diffusion.chunk import sample_chunk
+from starcaster_jax.diffusion.chunk import chunk_noise, sample_chunk
 from starcaster_jax.diffusion.samplers import SAMPLERS
 from starcaster_jax.diffusion.schedules import make_schedule
 from starcaster_jax.inference import chunking
@@ -261,8 +261,7 @@ class Generator:
             windows = None
             if audio is not None:
                 windows = encode_windows(self._merge(states, "audio"), audio, slots, window, layers)
-            k_noise, k_eta = jax.random.split(rng)
-            noise = jax.random.normal(k_noise, context.shape, jnp.float32)
+            noise, k_eta = chunk_noise(rng, context.shape)
             return sample_chunk(self._merge(states, "model"), noise, context=context,
                                 context_mask=context_mask, id_emb=id_emb, audio_windows=windows,
                                 view=view, drop_view=drop_view, schedule=self.schedule,

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from starcaster_jax.diffusion import objectives as obj
-from starcaster_jax.diffusion.chunk import sample_chunk
+from starcaster_jax.diffusion.chunk import chunk_noise, sample_chunk
 from starcaster_jax.diffusion.samplers import denoise_steps
 from starcaster_jax.training import losses as L
 
@@ -97,7 +97,7 @@ def rollout(model, nets, x0, cond, drops, rng, lc: L.LossConfig, sf: SelfForcing
     mask = jnp.broadcast_to(jnp.arange(k + f) < k, (b, k + f))
     for r in range(sf.chunks):
         s = r * f
-        noise = jax.random.normal(jax.random.fold_in(rng, r), (b, k + f) + x0.shape[2:], x0.dtype)
+        noise, _ = chunk_noise(jax.random.fold_in(rng, r), (b, k + f) + x0.shape[2:], x0.dtype)
         context = jnp.concatenate([ctx, jnp.zeros_like(noise[:, k:])], axis=1)
         out = sample_chunk(gen_model, noise, context=context, context_mask=mask,
                            id_emb=cond["id_emb"], audio_windows=L.chunk_audio_windows(nets, cond["audio"], s, lc),
