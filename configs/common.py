@@ -197,11 +197,13 @@ def base_config(variant: str) -> mlc.ConfigDict:
 
     c.mesh = mlc.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.ckpt = mlc.ConfigDict(dict(every_steps=200, keep=3, async_save=True))
-    c.eval = mlc.ConfigDict(dict(every_steps=0, sample_every_steps=0, num_samples=1))
     # Training loop (training/periodic_eval.py): every eval.every_steps steps (0 = never) animate
     # eval.quick_clips held-out clips, write their scores beside the baselines and a strip of
-    # true / generated frames to TensorBoard. Needs the evaluators in model.encoders_dir; when
-    # they (or held-out clips) are missing it logs one line and stays off, unless eval.required.
+    # true / generated frames (the sample videos) to TensorBoard. Needs the evaluators in
+    # model.encoders_dir; when they (or held-out clips) are missing it logs one line and stays
+    # off, unless eval.required.
+    c.eval = mlc.ConfigDict()
+    c.eval.every_steps = 0         # steps between quick held-out evaluations (0 = never)
     c.eval.required = False
     c.eval.use_ema = True          # evaluate the EMA weights (what launch.generate samples) else the raw ones
     # launch.evaluate (starcaster_jax/evaluation): which modes, how many held-out records each.
