@@ -118,7 +118,9 @@ def base_config(variant: str) -> mlc.ConfigDict:
     m.identity = mlc.ConfigDict(dict(embed_dim=512, num_tokens=_ID_TOKENS[variant],
                                      dim=_UNET[variant]["cross_attention_dim"],
                                      encoder="builtin", encoder_checkpoint="", source="auto"))
-    m.audio = mlc.ConfigDict(dict(_AUDIO[variant], token_dim=_UNET[variant]["audio_dim"],
+    # builtin / wav2vec2: the chosen encoder's own fields; the other one stays empty.
+    m.audio = mlc.ConfigDict(dict(dict(builtin={}, wav2vec2={}), **_AUDIO[variant],
+                                  token_dim=_UNET[variant]["audio_dim"],
                                   layers=None, wav2vec2_path="", encoder_checkpoint=""))
     m.attention_impl = ""          # "" = per platform (einsum CPU, cudnn GPU, splash TPU) | xla | einsum | cudnn | splash
     # Sequence-parallel temporal attention: frames sharded over this mesh axis inside the motion
@@ -221,7 +223,8 @@ def base_config(variant: str) -> mlc.ConfigDict:
     c.eval.quick_clips = 1         # clips of the training loop's quick held-out evaluation
     c.log = mlc.ConfigDict(dict(every_steps=10, progress=True))
     c.max_wall_minutes = 0.0       # stop (with a checkpoint) after this long, compilation excluded; 0 = no limit
-    c.init_from = ""
+    c.init_from = ""               # workdir of the previous stage: its parameters start this one
+    c.init_from_ema = False        # ... taken from its EMA (True) or its raw weights
     return c
 
 

@@ -102,7 +102,7 @@ def module_configs(config) -> dict[str, Any]:
 
     res = int(config.data.resolution)
     vae = VAEConfig.from_diffusers(config.model.vae.to_dict(), sample_size=res)
-    audio_kw = dict(config.model.audio.get("builtin", None) or {})
+    audio_kw = dict(config.model.audio.builtin)
     audio = BuiltinAudioConfig.from_dict({**audio_kw, "num_visemes": NUM_VISEMES})
     id_size = min(res, 32)
     return {

@@ -131,9 +131,9 @@ def schedule_from_config(diffusion_cfg):
     """The noise schedule a config's ``diffusion`` section trained with."""
     d = diffusion_cfg
     if d.schedule == "flow":
-        return make_schedule({"type": "flow", "shift": float(d.get("flow_shift", 1.0))})
+        return make_schedule({"type": "flow", "shift": float(d.flow_shift)})
     if d.schedule == "ddpm":
-        return make_schedule({"type": "ddpm", "zero_terminal_snr": bool(d.get("zero_terminal_snr", False))})
+        return make_schedule({"type": "ddpm", "zero_terminal_snr": bool(d.zero_terminal_snr)})
     raise GenerationError(f"config diffusion.schedule: expected 'ddpm' or 'flow', got {d.schedule!r}")
 
 
@@ -192,7 +192,7 @@ class Generator:
         self.context_frames = int(config.data.context_frames)              # K
         self.chunk_frames = int(config.data.num_frames) + self.context_frames  # F + K slots
         self.audio_window = int(config.model.audio.window)
-        layers = config.model.audio.get("layers", None)
+        layers = config.model.audio.layers
         self.audio_layers = tuple(layers) if layers else None
         self.max_frames = int(config.model.unet.motion_max_seq_length)
         if self.chunk_frames > self.max_frames:
@@ -496,7 +496,7 @@ def encoder_parts(mc, base_dir: str = "", *, need_identity: bool = False) -> tup
     """``(vae, audio_encoder, identity_fn)`` a generator of a model with config section
     ``mc`` samples with: the rule :func:`load_parts` (and the training loop's evaluation,
     ``training/periodic_eval.py``) use, relative paths also tried below ``base_dir``."""
-    enc_dir = _resolve_dir(mc.get("encoders_dir", "") or "", base_dir)
+    enc_dir = _resolve_dir(mc.encoders_dir, base_dir)
 
     def builtin(name):
         if not enc_dir:
@@ -515,8 +515,8 @@ def encoder_parts(mc, base_dir: str = "", *, need_identity: bool = False) -> tup
     if vae is None:
         raise GenerationError("config.model.encoders_dir (or model.vae_checkpoint) is empty: no VAE to decode with")
     audio = None
-    if mc.unet.get("audio_dim"):
-        if mc.audio.encoder == "wav2vec2" and mc.audio.get("wav2vec2_path"):
+    if mc.unet.audio_dim:
+        if mc.audio.encoder == "wav2vec2" and mc.audio.wav2vec2_path:
             from starcaster_jax.models.audio.encoder import build_audio_encoder
             audio = build_audio_encoder(mc.audio)
         else:
@@ -577,7 +577,7 @@ def random_parts(config, seed: int = 0) -> Parts:
     vc = dict(mc.vae.to_dict(), block_out_channels=tuple(mc.vae.block_out_channels))
     vae = random_module(lambda: AutoencoderKL(VAEConfig(**vc), rngs=InitRngs(0)), seed + 1)
     audio = None
-    if mc.unet.get("audio_dim"):
+    if mc.unet.audio_dim:
         audio = random_module(lambda: build_audio_encoder(mc.audio, rngs=InitRngs(0)), seed + 2)
     proj = np.random.default_rng(seed + 3).normal(size=(3, int(mc.identity.embed_dim))).astype(np.float32)
 

@@ -23,9 +23,9 @@ def audio_feature_shape(audio_cfg) -> tuple[int, int]:
         bc = BuiltinAudioConfig.from_dict(dict(audio_cfg.builtin))
         n, d = bc.num_layers + 1, bc.hidden_size
     else:
-        wc = Wav2Vec2Config(**dict(audio_cfg.get("wav2vec2", {}) or {}))
+        wc = Wav2Vec2Config(**dict(audio_cfg.wav2vec2))
         n, d = wc.num_hidden_layers + 1, wc.hidden_size
-    layers = audio_cfg.get("layers", None)
+    layers = audio_cfg.layers
     return (len(layers) if layers else n), d
 
 

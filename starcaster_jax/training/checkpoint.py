@@ -45,7 +45,7 @@ class Checkpointer:
         self.directory = checkpoint_dir(workdir)
         opts = ocp.CheckpointManagerOptions(
             max_to_keep=int(ckpt_cfg.keep),
-            enable_async_checkpointing=bool(ckpt_cfg.get("async_save", True)),
+            enable_async_checkpointing=bool(ckpt_cfg.async_save),
             create=True)
         self.enable_data = enable_data
         self.mngr = ocp.CheckpointManager(self.directory, options=opts)

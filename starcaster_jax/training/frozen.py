@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def _encoders_dir(config) -> str:
-    return str(config.model.get("encoders_dir", "") or "")
+    return str(config.model.encoders_dir)
 
 
 def _from_dir(config, name: str, explicit: str = ""):
@@ -71,11 +71,11 @@ def identity_source(config) -> str:
 
 
 def uses_audio(config) -> bool:
-    return bool(config.model.unet.get("audio_dim")) and float(config.train.p_drop_audio) < 1.0
+    return bool(config.model.unet.audio_dim) and float(config.train.p_drop_audio) < 1.0
 
 
 def uses_lip(config) -> bool:
-    return float(config.train.get("lip_weight", 0.0)) > 0.0
+    return float(config.train.lip_weight) > 0.0
 
 
 def build_frozen(config) -> dict[str, nnx.Module]:
@@ -93,13 +93,13 @@ def build_frozen(config) -> dict[str, nnx.Module]:
         nets["vae"] = vae
     # audio
     if uses_audio(config):
-        if m.audio.encoder == "wav2vec2" or m.audio.get("wav2vec2_path", ""):
+        if m.audio.encoder == "wav2vec2" or m.audio.wav2vec2_path:
             from starcaster_jax.models.audio.encoder import build_audio_encoder
-            if not m.audio.get("wav2vec2_path", ""):
+            if not m.audio.wav2vec2_path:
                 log.warning("frozen wav2vec2: random init (no model.audio.wav2vec2_path): tests only")
             nets["audio"] = _jit_build(lambda: build_audio_encoder(m.audio, rngs=InitRngs(config.seed)))
         else:
-            enc = _from_dir(config, "audio", m.audio.get("encoder_checkpoint", ""))
+            enc = _from_dir(config, "audio", m.audio.encoder_checkpoint)
             if enc is None:
                 from starcaster_jax.models.audio.encoder import build_audio_encoder
                 log.warning("frozen audio encoder: random init (no encoders_dir): tests only")
@@ -114,7 +114,7 @@ def build_frozen(config) -> dict[str, nnx.Module]:
         nets["identity"] = enc
     # lip reader
     if uses_lip(config):
-        lip = _from_dir(config, "lip_loss", config.train.get("lip_checkpoint", ""))
+        lip = _from_dir(config, "lip_loss", config.train.lip_checkpoint)
         if lip is None:
             from starcaster_jax.models.lipreading import LipReader, LipReaderConfig
             log.warning("frozen lip reader: random init (no encoders_dir): tests only")

@@ -87,9 +87,9 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
     state = ckpt.restore(trainer.abstract_state(), data)
     if state is not None:
         log.info("resumed %s at step %d", workdir, int(state.step))
-    elif config.get("init_from", ""):
+    elif config.init_from:
         prev, _, prev_step = restore_params(config.init_from, config=None, use_ema=bool(
-            config.get("init_from_ema", False)))
+            config.init_from_ema))
         from starcaster_jax.training.state import check_same_tree
         check_same_tree(trainer.mdef.abstract_params, prev, f"init_from={config.init_from}")
         state = trainer.init_state(jax.device_put(prev, trainer.mdef.param_shardings))
@@ -98,12 +98,12 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
         state = trainer.init_state()
     step = int(jax.device_get(state.step))
 
-    writer = MetricWriter(workdir, total_steps=total, progress=bool(config.log.get("progress", True)))
+    writer = MetricWriter(workdir, total_steps=total, progress=bool(config.log.progress))
     writer.advance(step)
     evaluation = PeriodicEval(config, trainer)
     log_every = max(int(config.log.every_steps), 1)
     ckpt_every = max(int(config.ckpt.every_steps), 1)
-    max_wall = float(config.get("max_wall_minutes", 0.0) or 0.0) * 60.0
+    max_wall = float(config.max_wall_minutes) * 60.0
     seen: set[str] = set()
     flops: dict[str, float | None] = {}
     peak = None

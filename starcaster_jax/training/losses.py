@@ -70,26 +70,26 @@ class LossConfig:
             sched["zero_terminal_snr"] = bool(d.zero_terminal_snr)
         else:
             sched["shift"] = float(d.flow_shift)
-        layers = config.model.audio.get("layers", None)
+        layers = config.model.audio.layers
         return cls(
             schedule=make_schedule(sched), objective=d.objective,
             weighting=d.loss_weighting or None, min_snr_gamma=float(d.min_snr_gamma),
             num_frames=int(config.data.num_frames), context_frames=int(config.data.context_frames),
             p_context=float(t.p_context), p_reference_context=float(t.p_reference_context),
             p_drop_all=float(t.p_drop_all), per_frame_t=bool(t.per_frame_t),
-            p_context_multiview=float(t.get("p_context_multiview", 0.5)),
+            p_context_multiview=float(t.p_context_multiview),
             p_drop_id=float(t.p_drop_id), p_drop_audio=float(t.p_drop_audio),
-            p_drop_view=float(t.p_drop_view), lip_weight=float(t.get("lip_weight", 0.0)),
-            lip_low_noise_power=float(t.get("lip_low_noise_power", 1.0)),
+            p_drop_view=float(t.p_drop_view), lip_weight=float(t.lip_weight),
+            lip_low_noise_power=float(t.lip_low_noise_power),
             lip_latent_crop=int(t.lip_latent_crop),
             identity_source=frozen_lib.identity_source(config),
             embed_dim=int(config.model.identity.embed_dim),
             audio_window=int(config.model.audio.window),
             audio_layers=tuple(layers) if layers else None,
             use_audio=frozen_lib.uses_audio(config),
-            use_view=bool(config.model.unet.get("view_dim")) and bool(t.get("use_view", True)),
-            strict_reference=bool(t.get("strict_reference", False)),
-            vae_latent_noise=bool(t.get("vae_latent_noise", False)),
+            use_view=bool(config.model.unet.view_dim) and bool(t.use_view),
+            strict_reference=bool(t.strict_reference),
+            vae_latent_noise=bool(t.vae_latent_noise),
         )
 
 

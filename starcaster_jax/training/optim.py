@@ -68,7 +68,7 @@ def lr_schedule(base_lr: float, schedule_cfg) -> optax.Schedule:
     decay to 10% or constant."""
     total = max(int(schedule_cfg.total_steps), 1)
     warm = min(int(schedule_cfg.warmup_steps), total - 1)
-    decay = str(schedule_cfg.get("decay", "cosine"))
+    decay = str(schedule_cfg.decay)
     if decay == "constant":
         main = optax.constant_schedule(base_lr)
     elif decay == "cosine":
@@ -81,11 +81,13 @@ def lr_schedule(base_lr: float, schedule_cfg) -> optax.Schedule:
     return optax.join_schedules([ramp, main], [warm])
 
 
-def make_optimizer(config, params) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """-> (transform, base LR schedule) for the trainable tree ``params``."""
+def make_optimizer(config, params, groups=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """-> (transform, base LR schedule) for the trainable tree ``params``. ``groups`` (default
+    ``optim.param_groups``) are the resolved ``(regex, "freeze" | lr multiplier)`` rules: the
+    trainer prepends the LoRA stage's freezing to the config's own."""
     o = config.optim
     sched = lr_schedule(float(o.lr), config.schedule)
-    labels = param_labels(params, o.param_groups)
+    labels = param_labels(params, o.param_groups if groups is None else groups)
     used = set(jax.tree.leaves(labels))
     if used == {"freeze"}:
         raise ValueError("optim.param_groups freezes every parameter: nothing would train")

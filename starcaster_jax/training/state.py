@@ -83,8 +83,7 @@ class ModelDef:
 
 
 def lora_config(config) -> dict | None:
-    lc = dict(config.get("lora", {}) or {})
-    return lc if lc.get("enabled", False) else None
+    return dict(config.lora) if config.lora.enabled else None
 
 
 def replicated(mesh) -> NamedSharding:
@@ -93,15 +92,15 @@ def replicated(mesh) -> NamedSharding:
 
 def load_pretrained(mdef: ModelDef, params):
     """Import SD-1.5 / Arc2Face (spatial) and AnimateDiff (temporal) weights when configured."""
-    pre = mdef.config.model.get("pretrained", {}) or {}
-    if not (pre.get("sd_unet") or pre.get("motion_adapter")):
+    pre = mdef.config.model.pretrained
+    if not (pre.sd_unet or pre.motion_adapter):
         return params
     from starcaster_jax.weights.unet import load_unet_weights
     model = mdef.module(jax.device_get(params))
-    if pre.get("sd_unet"):
+    if pre.sd_unet:
         left = load_unet_weights(model.unet, pre["sd_unet"], part="spatial")
         log.info("imported spatial weights from %s (%d params left at init)", pre["sd_unet"], len(left))
-    if pre.get("motion_adapter"):
+    if pre.motion_adapter:
         load_unet_weights(model.unet, pre["motion_adapter"], part="temporal")
         log.info("imported temporal weights from %s", pre["motion_adapter"])
     new = nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -131,7 +130,7 @@ def shd_path(path) -> str:
 def merged_model_params(params: dict, config) -> dict:
     """Trainable tree -> plain model params (LoRA merged): for the next stage, export, inference."""
     lc = lora_config(config)
-    scale = (float(lc.get("alpha", lc["rank"])) / float(lc["rank"])) if lc else 1.0
+    scale = (float(lc["alpha"]) / float(lc["rank"])) if lc else 1.0
     return lora_lib.merge(params["model"], params.get("lora"), scale)
 
 

@@ -46,13 +46,13 @@ class Trainer:
         self.config = config
         self.mesh = mesh
         from starcaster_jax.models.attention import set_attention_implementation
-        set_attention_implementation(config.model.get("attention_impl", "") or None)
-        self.seq_axis = str(config.model.get("sequence_parallel_axis", "") or "")
+        set_attention_implementation(config.model.attention_impl or None)
+        self.seq_axis = str(config.model.sequence_parallel_axis)
         self.mdef = ModelDef(config, mesh)
         self.lc = L.LossConfig.from_config(config)
         self.sf = SelfForcingConfig.from_config(config)
         self.lora = lora_config(config)
-        self.lora_scale = (float(self.lora.get("alpha", self.lora["rank"])) / self.lora["rank"]
+        self.lora_scale = (float(self.lora["alpha"]) / self.lora["rank"]
                            if self.lora else 1.0)
         nets = frozen_lib.build_frozen(config) if frozen_nets is None else frozen_nets
         self.frozen_graphdefs, frozen_states = frozen_lib.split_frozen(nets)
@@ -69,12 +69,12 @@ class Trainer:
             params_sh["lora"] = jax.tree.map(lambda _: replicated(mesh), abs_lora)
         self.abstract_params = abstract_params
         groups = list(config.optim.param_groups or ())
-        if self.lora and not self.lora.get("train_base", False):
+        if self.lora and not self.lora["train_base"]:
             # adapters train, the base is frozen except the small layers named in also_train
-            also = self.lora.get("also_train", "")
+            also = self.lora["also_train"]
             groups = ([(also, 1.0)] if also else []) + [(r"^model\.", "freeze")] + groups
         self.groups = groups
-        self.tx, self.lr = optim.make_optimizer(_with_groups(config, groups), abstract_params)
+        self.tx, self.lr = optim.make_optimizer(config, abstract_params, groups)
         self.mask = optim.trainable_mask(abstract_params, groups)
         abs_opt = jax.eval_shape(self.tx.init, abstract_params)
         rep = replicated(mesh)
@@ -204,7 +204,7 @@ class Trainer:
 
     @property
     def separate_update(self) -> bool:
-        mode = str(self.config.optim.get("update_program", "separate"))
+        mode = str(self.config.optim.update_program)
         if mode not in ("separate", "fused"):
             raise ValueError(f"optim.update_program {mode!r}: expected 'separate' or 'fused'")
         return mode == "separate"
@@ -328,19 +328,3 @@ class TwoProgramStep:
                 if isinstance(v, (int, float)):
                     out[k] = out.get(k, 0.0) + float(v)
         return out
-
-
-def _with_groups(config, groups):
-    class _C:  # a view of the config with the resolved param groups
-        optim = _Optim(config.optim, groups)
-        schedule = config.schedule
-    return _C
-
-
-class _Optim:
-    def __init__(self, base, groups):
-        self._base = base
-        self.param_groups = groups
-
-    def __getattr__(self, name):
-        return getattr(self._base, name)
