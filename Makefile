@@ -7,7 +7,7 @@ TPU_STAMP := $(VENV)/.tpu-stamp
 WORKDIR ?= demo_work
 JOBS ?= 2
 
-.PHONY: install test test-slow test-tpu test-all demo bench clean
+.PHONY: install lint test test-slow test-tpu test-all demo bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Lint and import order (ruff.toml); CI runs it after `test`.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # tests/test_tpu_aot.py runs alone in `test-tpu`: libtpu allows one process at a time.
 test: $(STAMP)

@@ -26,8 +26,8 @@ setup(
         "dm-pix>=0.4",                   # PSNR / SSIM in evaluation/
     ],
     extras_require={
-        # Test runner; the parity oracles live in the `torch` extra.
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # Test runner and linter (`make lint`); the parity oracles live in the `torch` extra.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
         # PyTorch reference classes used as parity oracles and by the importers.
         # Install torch==2.13.0 first (the Makefile does) so no CUDA wheels are pulled.
         "torch": ["torch==2.13.0", "diffusers>=0.42", "transformers>=5", "onnx>=1.16"],

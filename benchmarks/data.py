@@ -74,7 +74,7 @@ def bench_build(out: str, workers: int):
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()
-    w, c = time.perf_counter(), time.process_time()
+    w = time.perf_counter()
     builder = tfds_builder.build(out, tfds_builder.make_config("demo"), workers=workers)
     wall = time.perf_counter() - w
     path = str(builder.data_dir)

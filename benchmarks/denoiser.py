@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from starcaster_jax.models.rngs import InitRngs
 
 import starcaster_jax  # noqa: F401  (flax config)
+from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.models.unet import UNet, UNetConfig
 
 SMALL = dict(block_out_channels=(64, 128, 256, 256), cross_attn_blocks=(True, True, True, False),
@@ -81,8 +81,8 @@ def bench_jax(iters):
 
 
 def bench_torch(iters):
-    import torch
     import diffusers
+    import torch
     torch.manual_seed(0)
     m = diffusers.UNetMotionModel(
         down_block_types=("CrossAttnDownBlockMotion",) * 3 + ("DownBlockMotion",),

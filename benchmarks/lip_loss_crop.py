@@ -129,7 +129,7 @@ def main(argv=None) -> int:
           f"({jax.devices()[0].device_kind}), f32\n")
     print("| size | decode | window | time/call | temp MiB | total MiB | XLA peak MiB | compile s | |Δloss|/loss |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, desc, fns, res in rows:
+    for name, _desc, fns, res in rows:
         full = res["full"]
         for label, (_, crop) in fns.items():
             r = res[label]

@@ -122,7 +122,8 @@ def base_config(variant: str) -> mlc.ConfigDict:
     m.audio = mlc.ConfigDict(dict(dict(builtin={}, wav2vec2={}), **_AUDIO[variant],
                                   token_dim=_UNET[variant]["audio_dim"],
                                   layers=None, wav2vec2_path="", encoder_checkpoint=""))
-    m.attention_impl = ""          # "" = per platform (einsum CPU, cudnn GPU, splash TPU) | xla | einsum | cudnn | splash
+    m.attention_impl = ""          # "" = per platform (einsum CPU, cudnn GPU, splash TPU) | xla | einsum
+    #                                | cudnn | splash
     # Sequence-parallel temporal attention: frames sharded over this mesh axis inside the motion
     # modules (K/V all-gathered in a shard_map), so long clips fit; "" = off.
     m.sequence_parallel_axis = ""

@@ -42,7 +42,8 @@ attribute or mapping access)::
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import grain
 import jax

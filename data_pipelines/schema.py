@@ -54,7 +54,8 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

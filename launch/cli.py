@@ -13,7 +13,8 @@ import argparse
 import difflib
 import os
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from absl import app, flags
 
@@ -40,7 +41,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 # ----------------------------------------------------------------------------- absl flags
 
-def _config_spec(argv: Sequence[str], name: str) -> Optional[str]:
+def _config_spec(argv: Sequence[str], name: str) -> str | None:
     """The ``path[:arg]`` given to ``--<name>`` in argv (last wins, as in absl), or None."""
     spec = None
     for i, a in enumerate(argv):
@@ -86,7 +87,7 @@ def _has_path(config, path: str) -> bool:
     return True
 
 
-def _unknown_field(argv: Sequence[str], fv: flags.FlagValues, name: str) -> Optional[str]:
+def _unknown_field(argv: Sequence[str], fv: flags.FlagValues, name: str) -> str | None:
     """The one-line message for the first ``--<name>.path`` override naming no declared field."""
     if name not in fv:
         return None
@@ -118,7 +119,7 @@ def _flag_error_line(err: Exception) -> str:
     return head
 
 
-def _unloadable(argv: Sequence[str], fv: flags.FlagValues, names: Sequence[str]) -> Optional[str]:
+def _unloadable(argv: Sequence[str], fv: flags.FlagValues, names: Sequence[str]) -> str | None:
     """A config flag whose file could not be loaded (config_flags defers that error to first use)."""
     for name in names:
         if name not in fv:
@@ -172,7 +173,7 @@ def require(fv: flags.FlagValues, **examples: str) -> None:
             raise UsageError(f"--{name} is required (e.g. --{name}={example})")
 
 
-def run(main: Callable[[list[str]], Optional[int]], fv: flags.FlagValues = flags.FLAGS, *,
+def run(main: Callable[[list[str]], int | None], fv: flags.FlagValues = flags.FLAGS, *,
         config_names: Sequence[str] = ("config",)) -> NoReturn:
     """``absl.app.run(main)`` with flag problems and a :class:`UsageError` raised by ``main``
     reported as one ``error:`` line, exit 2; otherwise exits with ``main``'s return value."""
@@ -195,7 +196,7 @@ def run(main: Callable[[list[str]], Optional[int]], fv: flags.FlagValues = flags
 
 # ----------------------------------------------------------------------------- output paths
 
-def output_problem(path: str, *, flag: str = "--out", is_dir: bool = False) -> Optional[str]:
+def output_problem(path: str, *, flag: str = "--out", is_dir: bool = False) -> str | None:
     """Why ``path`` cannot be written (one line), or None: checked before any model is loaded.
 
     A file output needs its parent to be a directory or creatable (no ancestor is a file) and

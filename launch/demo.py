@@ -113,12 +113,14 @@ def score(frames, reference, mouth_box, visemes, ev) -> dict:
 
 def generate_videos(stage3: str, data: str, encoders: str, out: str) -> dict:
     import numpy as np
-    from data_pipelines.synthetic import speech, visemes as V
+
+    from data_pipelines.synthetic import speech
+    from data_pipelines.synthetic import visemes as V
     from starcaster_jax.evaluation.synthetic import Evaluators
     from starcaster_jax.inference import views
     from starcaster_jax.inference.chunking import resize_square
     from starcaster_jax.inference.generate import Generator, SamplingSettings
-    from starcaster_jax.media.video import write_mp4, save_image
+    from starcaster_jax.media.video import save_image, write_mp4
     os.makedirs(out, exist_ok=True)
     utt = speech.synthesize(DEMO_SENTENCE, speech.VOICES_HELDOUT[-1])   # a voice unseen in training
     audio = utt.audio
@@ -178,7 +180,7 @@ def main(argv=None) -> int:
     with open(os.path.join(a.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print("\nSTARCaster-JAX demo")
-    for name, r in results.items():
+    for r in results.values():
         print(f"  {r['path']:28s} {r['frames']:4d} frames  identity cos {r['identity_cos']:.3f}  "
               f"lip viseme acc {r['lip_viseme_acc']:.3f} (majority {r['lip_majority_baseline']:.3f})")
     print("  time: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items())

@@ -21,7 +21,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from launch import cli
 
@@ -122,7 +122,7 @@ def _json(x):
     return np.asarray(x).tolist() if hasattr(x, "tolist") else str(x)
 
 
-def stored_result(path: str, args) -> Optional[dict]:
+def stored_result(path: str, args) -> dict | None:
     """``<path>/eval/metrics.json`` when it was made at ``--seed`` (else None: evaluate again)."""
     f = os.path.join(path, METRICS_FILE)
     if not os.path.isfile(f):
@@ -137,7 +137,7 @@ def stored_result(path: str, args) -> Optional[dict]:
     return res if res.get("seed") == args.seed else None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from starcaster_jax.evaluation import report
     from starcaster_jax.inference.chunking import GenerationError

@@ -20,7 +20,7 @@ import argparse
 import importlib.util
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -85,7 +85,8 @@ def load_config_file(spec: str):
         mod_spec.loader.exec_module(mod)
         return mod.get_config(arg or None)
     except Exception as e:  # noqa: BLE001 - any failure of a user's config file is an input error
-        raise GenerationError(f"--config {spec}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        raise GenerationError(f"--config {spec}: {type(e).__name__}: {first_line}") from None
 
 
 def build_generator(args, *, need_identity: bool):
@@ -96,7 +97,7 @@ def build_generator(args, *, need_identity: bool):
                                      need_identity=need_identity, view_reference=args.view_reference)
 
 
-def _trajectory(args, num_frames: int, *, multiview: bool) -> Optional[np.ndarray]:
+def _trajectory(args, num_frames: int, *, multiview: bool) -> np.ndarray | None:
     from starcaster_jax.inference import views
     kind = args.views or ("orbit" if multiview else "none")
     if kind == "none":
@@ -202,7 +203,7 @@ def generate(args) -> list[str]:
     return [out]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from starcaster_jax.inference.generate import GenerationError
     try:

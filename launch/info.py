@@ -12,9 +12,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-from starcaster_jax.models.rngs import InitRngs  # noqa: E402
 
 from launch import cli  # noqa: E402
+from starcaster_jax.models.rngs import InitRngs  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:variant]", lock_config=True)
 

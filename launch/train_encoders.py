@@ -38,13 +38,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
-from starcaster_jax.models.rngs import InitRngs
 
 from launch import cli
+from starcaster_jax.models.rngs import InitRngs
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(_REPO, "configs", "stage2_audio.py") + ":demo"

@@ -29,8 +29,7 @@ def test_bad_implementation_is_a_clear_error():
 # interpreter) fails under the kernel's vmap here (jax 0.10.2: grid/semantics length mismatch).
 INTERPRET = True
 
-from starcaster_jax.models.attention import (resolve_implementation, splash_attention,  # noqa: E402
-                                             temporal_implementation)
+from starcaster_jax.models.attention import resolve_implementation, splash_attention, temporal_implementation  # noqa: E402
 
 
 def _splash_case(dtype, lq, lk):

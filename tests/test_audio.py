@@ -10,16 +10,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from starcaster_jax.models.rngs import InitRngs
 
 import starcaster_jax  # noqa: F401  (flax config)
-from starcaster_jax.models.audio import (AudioEncoder, AudioProjector, BuiltinAudioConfig,
-                                         BuiltinAudioEncoder, audio_tokens,
-                                         build_audio_encoder, build_audio_projector,
-                                         feature_attention_mask,
-                                         features_to_frames, frame_windows, load_audio,
-                                         make_pretrain_optimizer, mel_spectrogram,
-                                         num_video_frames, pretrain_step, eval_step)
+from starcaster_jax.models.audio import (
+    AudioEncoder,
+    AudioProjector,
+    BuiltinAudioConfig,
+    BuiltinAudioEncoder,
+    audio_tokens,
+    build_audio_encoder,
+    build_audio_projector,
+    eval_step,
+    feature_attention_mask,
+    features_to_frames,
+    frame_windows,
+    load_audio,
+    make_pretrain_optimizer,
+    mel_spectrogram,
+    num_video_frames,
+    pretrain_step,
+)
+from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.weights.common import WeightImportError
 from starcaster_jax.weights.wav2vec2 import load_wav2vec2
 

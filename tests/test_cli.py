@@ -126,6 +126,7 @@ def test_output_problem(tmp_path):
 def test_generate_checks_out_before_loading_the_model(tmp_path, monkeypatch, capsys):
     """``starcaster-generate --out a_file/x.mp4``: one line about --out, and no model load."""
     import soundfile
+
     from launch import generate as gen_cli
 
     def no_load(*a, **k):

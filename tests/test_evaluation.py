@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import os
 
+import eval_fixtures as F
 import numpy as np
 import pytest
 
-import eval_fixtures as F
 from starcaster_jax.evaluation import metrics as M
 from starcaster_jax.evaluation import modes as modes_lib
 from starcaster_jax.evaluation import synthetic as S

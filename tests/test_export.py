@@ -197,6 +197,7 @@ def test_export_and_serve_clis_misuse_exit_2(setup, tmp_path, capsys):
 
 def test_serve_cli_writes_mp4_with_audio(setup, tmp_path):
     import soundfile
+
     from starcaster_jax.media.video import read_video
     wav = str(tmp_path / "a.wav")
     x = speechlike(0.6 * 22050 / SR, 3)                                    # 0.6 s at 22.05 kHz

@@ -12,12 +12,11 @@ import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 import pytest
 import soundfile
 from flax import nnx
-import ml_collections as mlc
-from starcaster_jax.models.rngs import InitRngs
 
 from configs import stage2_audio
 from data_pipelines import schema
@@ -25,6 +24,7 @@ from starcaster_jax.inference import generate as G
 from starcaster_jax.inference import views
 from starcaster_jax.models import builtin_encoders as be
 from starcaster_jax.models.identity.builtin import BuiltinIdentityConfig, BuiltinIdentityEncoder
+from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.training import checkpoint as ck
 from starcaster_jax.training.state import TrainState
 

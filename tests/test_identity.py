@@ -9,17 +9,34 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from starcaster_jax.models.rngs import InitRngs
 
 import starcaster_jax  # noqa: F401  (disables eager sharding)
-from starcaster_jax.models.identity import (ARCFACE_TEMPLATE, Arc2FaceIdentityEncoder, ArcFaceHead,
-                                            ArcFaceModel, BuiltinIdentityConfig,
-                                            BuiltinIdentityEncoder, CLIPTextConfig, CLIPTextModel,
-                                            FaceNotFoundError, IdentityEncoder, ImageReadError,
-                                            OnnxArcFace, align_face, arc2face_prompt_ids,
-                                            arcface_loss, face_crops, load_image, make_optimizer,
-                                            similarity_transform, substitute_token, tar_at_far,
-                                            train_step, verification_metrics)
+from starcaster_jax.models.identity import (
+    ARCFACE_TEMPLATE,
+    Arc2FaceIdentityEncoder,
+    ArcFaceHead,
+    ArcFaceModel,
+    BuiltinIdentityConfig,
+    BuiltinIdentityEncoder,
+    CLIPTextConfig,
+    CLIPTextModel,
+    FaceNotFoundError,
+    IdentityEncoder,
+    ImageReadError,
+    OnnxArcFace,
+    align_face,
+    arc2face_prompt_ids,
+    arcface_loss,
+    face_crops,
+    load_image,
+    make_optimizer,
+    similarity_transform,
+    substitute_token,
+    tar_at_far,
+    train_step,
+    verification_metrics,
+)
+from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.weights.clip_text import import_clip_text_state, load_arc2face_encoder, load_clip_text
 from starcaster_jax.weights.common import WeightImportError
 

@@ -115,6 +115,7 @@ def test_training_generation_and_export_get_the_resolved_encoder(monkeypatch, tm
 
 def test_onnx_arcface_embeds_alike_in_the_training_step_and_in_generation(toy_onnx):
     import cv2
+
     from starcaster_jax.models.identity.onnx_arcface import OnnxArcFace
     c = _config(encoder="onnx_arcface", encoder_checkpoint=toy_onnx)
     assert frozen.identity_source(c) == "encoder"                        # auto: the encoder exists

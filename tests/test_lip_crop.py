@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 from configs import stage2_audio
-from starcaster_jax.models.lipreading import (LipReader, LipReaderConfig, crop_mouths,
-                                              mouth_window)
+from starcaster_jax.models.lipreading import LipReader, LipReaderConfig, crop_mouths, mouth_window
 from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.models.vae import VAEConfig, create_vae
 from starcaster_jax.training import losses as L

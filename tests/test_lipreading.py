@@ -5,11 +5,18 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from starcaster_jax.models.rngs import InitRngs
 
 import starcaster_jax  # noqa: F401  (turns off eager sharding)
-from starcaster_jax.models.lipreading import (LipReader, LipReaderConfig, accuracy, crop_mouths,
-                                              lip_features, lip_loss, train_step)
+from starcaster_jax.models.lipreading import (
+    LipReader,
+    LipReaderConfig,
+    accuracy,
+    crop_mouths,
+    lip_features,
+    lip_loss,
+    train_step,
+)
+from starcaster_jax.models.rngs import InitRngs
 
 TINY = LipReaderConfig.tiny(crop_size=24, widths=(8, 16, 32), frontend_width=8, feature_dim=32,
                             temporal_layers=1, num_visemes=4)

@@ -7,7 +7,8 @@ and view paths from any test) and the frozen nets the step would build.
 - ``drop_audio`` removes the audio path and nothing else: the loss no longer depends on the
   audio, and still depends on the identity and the pose.
 - Self-forcing: the rollout's context is not the ground truth, and equals an independent
-  guided ``denoise_steps`` run written out here and what ``Generator`` makes for the same seed; no gradient leaks into the rollout, checked
+  guided ``denoise_steps`` run written out here and what ``Generator`` makes for the same seed;
+  no gradient leaks into the rollout, checked
   with a model whose context actually matters to the loss.
 """
 from __future__ import annotations
@@ -21,8 +22,8 @@ from flax import nnx
 from configs import stage2_audio
 from data_pipelines.schema import SAMPLES_PER_FRAME as SPF
 from starcaster_jax.diffusion.samplers import denoise_steps
-from starcaster_jax.inference.views import IDENTITY_POSE
 from starcaster_jax.inference.generate import Generator, SamplingSettings, random_module
+from starcaster_jax.inference.views import IDENTITY_POSE
 from starcaster_jax.models.audio.alignment import encode_windows
 from starcaster_jax.models.conditioning import rebase_view
 from starcaster_jax.models.rngs import InitRngs

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from starcaster_jax.media import (MediaError, VideoWriter, grid, load_image, read_audio_from_video,
-                                  read_video, save_image, write_mp4)
+from starcaster_jax.media import (
+    MediaError,
+    VideoWriter,
+    grid,
+    load_image,
+    read_audio_from_video,
+    read_video,
+    save_image,
+    write_mp4,
+)
 
 SR = 16000
 

@@ -3,9 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from starcaster_jax.models.rngs import InitRngs
 
 from configs import stage2_audio
+from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.models.starcaster import STARCaster, audio_feature_shape
 
 

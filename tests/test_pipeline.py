@@ -14,9 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipelines import schema, sources, transforms as T
-from data_pipelines.synthetic import tfds_builder as tb
+from data_pipelines import schema, sources
+from data_pipelines import transforms as T
 from data_pipelines.pipeline import STREAM_IDS, make_train_iterator, to_global_batch
+from data_pipelines.synthetic import tfds_builder as tb
 
 RES = 16
 S = schema.SAMPLES_PER_FRAME
@@ -262,7 +263,8 @@ def test_resolution_downsample(corpus):
 
 
 def test_to_global_batch(corpus):
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     devs = np.array(jax.devices())
     nb = len(devs)

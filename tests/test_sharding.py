@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from starcaster_jax.models.rngs import InitRngs
 from jax.sharding import PartitionSpec as P
 
 from starcaster_jax import sharding
+from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.models.unet import UNet, UNetConfig
 
 CFG = UNetConfig(block_out_channels=(32, 64), cross_attn_blocks=(True, False), layers_per_block=1,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import io
 import logging
 
+import eval_fixtures as F
 import jax
 import numpy as np
 import pytest
 
-import eval_fixtures as F
 from configs import stage1_motion
 from starcaster_jax.training import periodic_eval
 from starcaster_jax.training.metrics import read_events

@@ -4,7 +4,6 @@ Compiles are the cost here: every test that runs a step shares the same stage-1 
 (so the persistent XLA cache in conftest turns repeats into loads)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import common, stage1_motion, stage2_audio, stage3_views
@@ -246,9 +244,9 @@ def test_loss_falls_on_the_builtin_corpus(corpus, tmp_path):
     """Train 60 steps on the corpus; the loss of a fixed batch under fixed noise (8 draws of
     noise/t/dropout) must fall by a margin measured at ~40% (asserted: 20%)."""
     from data_pipelines.pipeline import make_train_iterator
+    from starcaster_jax.sharding import make_mesh
     from starcaster_jax.training.checkpoint import restore_params
     from starcaster_jax.training.loop import data_config, train
-    from starcaster_jax.sharding import make_mesh
     from starcaster_jax.training.step import Trainer
     c = micro(root=corpus, total_steps=60, every_steps=60, log_every=10, lr=2e-3)
     c.train.p_drop_view = 0.0
@@ -425,6 +423,7 @@ def test_lora_round_trip_restore_init_from_and_export_equal_the_trainers_model(t
     or export that drops them fails here. The model starts from random-filled params (every path
     live: the zero-initialised ``proj_out`` would hide the temporal kernels the adapters target)."""
     from flax import nnx
+
     from starcaster_jax.inference import export as E
     from starcaster_jax.inference import generate as G
     from starcaster_jax.inference import serve as S

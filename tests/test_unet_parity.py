@@ -11,11 +11,11 @@ diffusers = pytest.importorskip("diffusers")
 
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
-from starcaster_jax.models.rngs import InitRngs
 
+from starcaster_jax.models.rngs import InitRngs  # noqa: E402
 from starcaster_jax.models.unet import UNet  # noqa: E402
 from starcaster_jax.weights.common import WeightImportError  # noqa: E402
-from starcaster_jax.weights.unet import config_from_diffusers, load_unet, load_unet_weights  # noqa: E402
+from starcaster_jax.weights.unet import load_unet, load_unet_weights  # noqa: E402
 
 SMALL = dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
              cross_attention_dim=24, in_channels=4, out_channels=4)
@@ -116,7 +116,8 @@ def _our_params(model):
 
 def _diffusers_to_ours(key: str, ours: dict) -> str:
     """diffusers motion-module parameter name -> our path (Linear weight -> kernel, norm weight -> scale)."""
-    k = key.replace(".to_out.0.", ".to_out.").replace(".ff.net.0.proj.", ".ff.geglu.proj.").replace(".ff.net.2.", ".ff.out.")
+    k = key.replace(".to_out.0.", ".to_out.").replace(".ff.net.0.proj.", ".ff.geglu.proj.")
+    k = k.replace(".ff.net.2.", ".ff.out.")
     if k.endswith(".weight"):
         stem = k[:-len(".weight")]
         return f"{stem}.scale" if f"{stem}.scale" in ours else f"{stem}.kernel"

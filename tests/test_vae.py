@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import starcaster_jax  # noqa: F401  (disables eager sharding)
-from starcaster_jax.models.vae import AutoencoderKL, VAEConfig, abstract_vae, vae_preset
+from starcaster_jax.models.vae import VAEConfig, abstract_vae, vae_preset
 from starcaster_jax.weights.common import WeightImportError
 from starcaster_jax.weights.vae import load_vae, vae_from_torch_state_dict
 

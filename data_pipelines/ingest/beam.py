@@ -33,7 +33,8 @@ import shutil
 import sys
 import tempfile
 import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from data_pipelines.ingest import common
 
@@ -48,8 +49,7 @@ def _beam():
 
 def pipeline_options(beam_args: Sequence[str], ap) -> Any:
     """Beam flags (not ours) -> PipelineOptions with our defaults; exit 2 on stray words."""
-    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, \
-        StandardOptions, WorkerOptions
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, WorkerOptions
 
     stray = [a for a in beam_args if not a.startswith("--") and not _is_value(beam_args, a)]
     if stray:

@@ -25,7 +25,8 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from data_pipelines import schema
 from data_pipelines.sources import STREAMS

@@ -10,7 +10,7 @@ background as bright as the skin, grey ~190, hides its outline and it is lost).
 from __future__ import annotations
 
 import fractions
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np

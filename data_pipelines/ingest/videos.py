@@ -35,7 +35,8 @@ landmarks the head pose by solvePnP (pose.py; ``pose_valid=True`` when >= 90% of
 frames fit), else rotation 0 and (tx, ty, scale) of the face box in the crop with
 ``pose_valid=False`` (the loader then drops the view condition); viseme -1, expression
 invalid; with ``--arcface`` id_embedding is the ArcFace embedding (arcface.py) and
-id_vector_valid True, else id_embedding is empty and id_vector_valid False. ``key`` is ``ingest/<path>/f<first 25 fps frame>``.
+id_vector_valid True, else id_embedding is empty and id_vector_valid False.
+``key`` is ``ingest/<path>/f<first 25 fps frame>``.
 
 Identity: the first folder under ``--src`` names the identity (VoxCeleb-like
 ``<id>/<video>/<clip>.mp4``); a file directly in ``--src`` is its own identity. Labels are
@@ -48,7 +49,8 @@ import dataclasses
 import math
 import os
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -227,7 +229,8 @@ def ingest_video(path: str, rel: str, label: int, cfg: Settings,
     scale = min(1.0, cfg.detect_side / max(info["width"], info["height"]))
     det_of: dict[int, np.ndarray] = {}
     turns = None
-    for j, img, turns in decode_frames(path, info["pts"], np.unique(src), cfg.detector.wants,
+    # `turns` is read after the loop: the rotation of the last decoded frame.
+    for j, img, turns in decode_frames(path, info["pts"], np.unique(src), cfg.detector.wants,  # noqa: B007
                                        scale):
         det_of[j] = cfg.detector(img) / scale
     if turns is None:

@@ -21,8 +21,8 @@ Camera: pinhole at the origin looking down -z, x right, y up; image row 0 is the
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

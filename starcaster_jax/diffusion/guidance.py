@@ -31,7 +31,7 @@ model call (concatenated along batch). Hence:
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp

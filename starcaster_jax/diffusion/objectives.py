@@ -15,8 +15,6 @@ use ``v`` with zero-terminal-SNR, as Lin et al. 2023 prescribe.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -111,10 +109,10 @@ def diffusion_loss(
     t,
     context_mask=None,
     *,
-    weighting: Optional[str] = None,
+    weighting: str | None = None,
     min_snr_gamma: float = 5.0,
     schedule=None,
-    objective: Optional[str] = None,
+    objective: str | None = None,
 ):
     """Per-frame MSE averaged over the non-context frames of the whole batch.
 

@@ -13,7 +13,7 @@ python ints, hence reverse-differentiable), and everything runs under ``jax.jit`
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +86,7 @@ def denoise_steps(
     context_mask=None,
     eta: float = 0.0,
     rng=None,
-    spacing: Optional[str] = None,
+    spacing: str | None = None,
 ):
     """Run steps ``start .. stop-1`` of an ``steps``-step grid starting from ``x`` (which must be
     at the noise level of step ``start``; for ``start=0`` that is plain unit noise).
@@ -160,7 +160,7 @@ def sample(
     context_mask=None,
     eta: float = 0.0,
     rng=None,
-    spacing: Optional[str] = None,
+    spacing: str | None = None,
 ):
     """Full sampling run from unit ``noise`` [B, F, H, W, C] to x0 [B, F, H, W, C].
 

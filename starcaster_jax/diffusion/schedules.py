@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,7 +87,7 @@ class DDPMSchedule:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     zero_terminal_snr: bool = False
-    spacing: Optional[str] = None
+    spacing: str | None = None
     steps_offset: int = 0
     kind: str = dataclasses.field(default="ddpm", init=False)
 
@@ -119,7 +119,7 @@ class DDPMSchedule:
         return jax.random.randint(rng, shape, 0, self.num_train_timesteps).astype(jnp.float32)
 
     # -- inference grid -----------------------------------------------------------------------
-    def timesteps(self, steps: int, spacing: Optional[str] = None) -> np.ndarray:
+    def timesteps(self, steps: int, spacing: str | None = None) -> np.ndarray:
         """Integer timesteps (descending) exactly as diffusers ``DDIMScheduler.set_timesteps``."""
         n = self.num_train_timesteps
         spacing = spacing or self.spacing or ("trailing" if self.zero_terminal_snr else "leading")
@@ -133,7 +133,7 @@ class DDPMSchedule:
             raise ValueError(f"unknown timestep spacing {spacing!r}")
         return ts.astype(np.int64)
 
-    def sampling_grid(self, steps: int, spacing: Optional[str] = None) -> SamplingGrid:
+    def sampling_grid(self, steps: int, spacing: str | None = None) -> SamplingGrid:
         ts = self.timesteps(steps, spacing)
         a_bar = self.alphas_cumprod[ts]
         alpha = np.concatenate([np.sqrt(a_bar), [1.0]])
@@ -174,7 +174,7 @@ class FlowSchedule:
             raise ValueError(f"unknown train_t_sampling {self.train_t_sampling!r}")
         return (self.num_train_timesteps * shift_sigma(s, self.shift)).astype(jnp.float32)
 
-    def sampling_grid(self, steps: int, spacing: Optional[str] = None) -> SamplingGrid:
+    def sampling_grid(self, steps: int, spacing: str | None = None) -> SamplingGrid:
         """Shifted ``linspace(1, 0, steps + 1)`` sigmas; the last is 0 (clean)."""
         del spacing  # flow grids are always uniform in (unshifted) sigma
         sigma = shift_sigma(np.linspace(1.0, 0.0, steps + 1, dtype=np.float64), self.shift)

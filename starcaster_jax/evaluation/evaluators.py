@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,13 +45,13 @@ class Evaluators:
     ``pose_eval`` existed): motion diversity is then not scored."""
     lip: object
     identity: object
-    pose: Optional[object] = None
-    threshold: Optional[float] = None     # identity cosine at FAR = far (calibrate())
+    pose: object | None = None
+    threshold: float | None = None     # identity cosine at FAR = far (calibrate())
     far: float = 0.01
     calibration: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def load(cls, encoders_dir: str) -> "Evaluators":
+    def load(cls, encoders_dir: str) -> Evaluators:
         from starcaster_jax.models import builtin_encoders as be
         pose = (be.load(encoders_dir, "pose_eval")
                 if os.path.isdir(os.path.join(encoders_dir, "pose_eval")) else None)
@@ -60,6 +60,7 @@ class Evaluators:
 
     def __post_init__(self):
         from flax import nnx
+
         from starcaster_jax.models import builtin_encoders as be
         from starcaster_jax.models.lipreading import accuracy
         self._embed = nnx.jit(be.identity_embedding)
@@ -90,7 +91,7 @@ class Evaluators:
 
     # -- identity verification
     def calibrate(self, records: Sequence[dict], *, frames_per_clip: int = 16, far: float = 0.01,
-                  resolution: Optional[int] = None) -> float:
+                  resolution: int | None = None) -> float:
         """Set ``threshold`` at ``far`` from impostor pairs (frames of different identities)
         of ``records`` (held-out clips, several identities), at the generator's ``resolution``
         (frames are scored at the size the model makes them). Returns the threshold."""

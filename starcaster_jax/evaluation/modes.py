@@ -24,7 +24,7 @@ Modes (a generator is anything with ``video(audio, *, reference|id_emb, poses, s
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class Skip(Exception):
     """A mode that does not apply to this checkpoint or corpus (the reason is reported)."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Options:
     """What the config's ``eval`` section says about the modes (configs/common.py)."""
     synthesize_poses: bool = True
@@ -197,7 +197,7 @@ MODE_FNS: dict[str, Callable] = {"animate": animate, "synthesize": synthesize, "
                                  "multiview": multiview, "long_horizon": long_horizon, "motion": motion}
 
 
-def metric_names(mode: str, rows: Optional[list] = None) -> list[str]:
+def metric_names(mode: str, rows: list | None = None) -> list[str]:
     """Metrics of a mode in table order (long horizon: every metric per segment)."""
     if mode == "multiview":
         return list(MULTIVIEW_METRICS)

@@ -3,7 +3,7 @@ comparison table over checkpoints, and the PNG strip of generated vs true frames
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

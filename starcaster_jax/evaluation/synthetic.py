@@ -22,18 +22,16 @@ loop calls. ``launch/evaluate.py`` is the CLI.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from starcaster_jax.evaluation import modes as modes_lib
 from starcaster_jax.evaluation import report
-from starcaster_jax.evaluation.data import (held_out_records, long_records, novel_view_pairs,  # noqa: F401
-                                            resize_frames)
+from starcaster_jax.evaluation.data import held_out_records, long_records, novel_view_pairs, resize_frames  # noqa: F401
 from starcaster_jax.evaluation.evaluators import Evaluators  # noqa: F401  (the public name)
 from starcaster_jax.evaluation.metrics import image_metrics  # noqa: F401
 from starcaster_jax.evaluation.modes import MODES, SYSTEMS, Options, Skip  # noqa: F401
-
 
 
 @dataclasses.dataclass
@@ -81,7 +79,7 @@ def _mean_systems(rows: Sequence[dict]) -> dict:
 
 def evaluate(generators: Mapping, inputs: Inputs, ev: Evaluators, *, modes: Sequence[str] = MODES,
              seed: int = 0, opts: Options = Options(), keep_frames: bool = False,
-             progress: Optional[Callable[[str], None]] = None) -> dict:
+             progress: Callable[[str], None] | None = None) -> dict:
     """Every mode over its records for ``generators`` (``{"model": gen, "untrained": gen}``;
     either may be absent, e.g. in tests) -> ``{"modes": {mode: {"n", "metrics", "systems":
     {system: {metric: mean}}, "note"} | {"skipped": why}}, "keys": {mode: [record keys]},

@@ -30,13 +30,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starcaster_jax.inference.chunking import GenerationError, SAMPLES_PER_FRAME
+from starcaster_jax.inference.chunking import SAMPLES_PER_FRAME, GenerationError
 
 FORMAT = "starcaster-jax-export/1"
 PARAMS_FILE = "params.safetensors"
@@ -80,7 +80,7 @@ def _signature(specs: Sequence) -> list:
 
 
 def export_generator(gen, out_dir: str, *, settings=None, identity_encoder=None, dtype: str = "bfloat16",
-                     platforms: Optional[Sequence[str]] = None, source: str = "") -> dict:
+                     platforms: Sequence[str] | None = None, source: str = "") -> dict:
     """Write the artefact of a :class:`~starcaster_jax.inference.generate.Generator` to ``out_dir``;
     returns the manifest. ``identity_encoder``: what ``models/identity/resolve.py`` resolved
     (a built-in encoder is exported as ``identity`` so that a served reference image gives its
@@ -88,6 +88,7 @@ def export_generator(gen, out_dir: str, *, settings=None, identity_encoder=None,
     named in the manifest and a served reference needs its embedding passed in)."""
     from flax import nnx
     from safetensors.flax import save_file
+
     from starcaster_jax.inference.generate import SamplingSettings
     from starcaster_jax.models.identity import resolve as identity_resolve
 

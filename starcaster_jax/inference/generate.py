@@ -36,23 +36,33 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.diffusion.chunk import chunk_noise, sample_chunk
 from starcaster_jax.diffusion.samplers import SAMPLERS
 from starcaster_jax.diffusion.schedules import make_schedule
 from starcaster_jax.inference import chunking
 from starcaster_jax.inference import views as views_lib
-from starcaster_jax.inference.chunking import (FPS, MIN_AUDIO_SECONDS, SAMPLE_RATE, SAMPLES_PER_FRAME, Chunk,
-                                               GenerationError, check_speech, chunk_audio, normalize_embedding,
-                                               num_output_frames, plan_chunks)
+from starcaster_jax.inference.chunking import (
+    FPS,
+    MIN_AUDIO_SECONDS,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+    Chunk,
+    GenerationError,
+    check_speech,
+    chunk_audio,
+    normalize_embedding,
+    num_output_frames,
+    plan_chunks,
+)
 from starcaster_jax.models.audio.alignment import encode_windows
+from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.weights.vae import load_vae, vae_path_from_config
 
 __all__ = ["FPS", "SAMPLE_RATE", "SAMPLES_PER_FRAME", "MIN_AUDIO_SECONDS", "GenerationError",
@@ -156,7 +166,7 @@ class SamplingSettings:
             raise GenerationError(f"eta must be >= 0, got {self.eta}")
 
     @classmethod
-    def from_config(cls, config, **overrides) -> "SamplingSettings":
+    def from_config(cls, config, **overrides) -> SamplingSettings:
         d = config.diffusion
         kw = dict(sampler=d.sampler, steps=int(d.sample_steps), audio_cfg=float(d.audio_cfg),
                   id_cfg=float(d.id_cfg), spacing=str(d.timestep_spacing))
@@ -181,7 +191,7 @@ class Generator:
     """
 
     def __init__(self, model: nnx.Module, vae: nnx.Module, audio_encoder, config, *,
-                 identity_fn: Optional[Callable] = None, view_reference: str = "chunk"):
+                 identity_fn: Callable | None = None, view_reference: str = "chunk"):
         if view_reference not in ("chunk", "video"):
             raise ValueError(f"view_reference: expected 'chunk' or 'video', got {view_reference!r}")
         self.config = config
@@ -215,7 +225,7 @@ class Generator:
     # -- construction from a training workdir (lazy: the contract modules are optional)
     @classmethod
     def from_checkpoint(cls, path: str, *, config=None, use_ema: bool = True, need_identity: bool = False,
-                        view_reference: str = "chunk") -> "Generator":
+                        view_reference: str = "chunk") -> Generator:
         parts = load_parts(path, config=config, use_ema=use_ema, need_identity=need_identity)
         return cls(parts.model, parts.vae, parts.audio_encoder, parts.config,
                    identity_fn=parts.identity_fn, view_reference=view_reference)
@@ -316,10 +326,10 @@ class Generator:
         return plan_chunks(num_output_frames(num_samples), self.chunk_frames, self.context_frames,
                            animate=animate)
 
-    def video(self, audio: np.ndarray, *, reference: Optional[np.ndarray] = None,
-              id_emb: Optional[np.ndarray] = None, poses: Optional[np.ndarray] = None,
-              settings: Optional[SamplingSettings] = None, seed: int = 0,
-              latent_hook: Optional[Callable] = None, view_reference: Optional[str] = None
+    def video(self, audio: np.ndarray, *, reference: np.ndarray | None = None,
+              id_emb: np.ndarray | None = None, poses: np.ndarray | None = None,
+              settings: SamplingSettings | None = None, seed: int = 0,
+              latent_hook: Callable | None = None, view_reference: str | None = None
               ) -> Iterator[np.ndarray]:
         """Generate a talking video for ``audio`` (float32 mono 16 kHz): an iterator of uint8
         frames ``[n, H, W, 3]``, one item per chunk (``sum n == ceil(seconds * 25)``). Inputs
@@ -374,8 +384,8 @@ class Generator:
             ctx_lat = lat[:, slots - k:] if k else None   # [1, K, h, w, c] carried over
             yield self.decode(lat[:, ch.num_context:ch.num_context + ch.num_new])
 
-    def multiview(self, poses: np.ndarray, *, reference: Optional[np.ndarray] = None,
-                  id_emb: Optional[np.ndarray] = None, settings: Optional[SamplingSettings] = None,
+    def multiview(self, poses: np.ndarray, *, reference: np.ndarray | None = None,
+                  id_emb: np.ndarray | None = None, settings: SamplingSettings | None = None,
                   seed: int = 0) -> np.ndarray:
         """``N = len(poses)`` views of one instant (frame axis = views, no audio, one chunk) ->
         uint8 ``[N, H, W, 3]``. With a ``reference``, it is an extra clean context view (pose =
@@ -425,7 +435,7 @@ class Parts:
     vae: nnx.Module
     audio_encoder: object
     config: object
-    identity_fn: Optional[Callable] = None
+    identity_fn: Callable | None = None
 
 
 # Fields that change no parameter shape (runtime choices, paths): ignored when an explicit
@@ -434,7 +444,7 @@ _RUNTIME_FIELDS = {"dtype", "remat_policy", "encoder_checkpoint", "wav2vec2_path
                    "encode_chunk", "decode_chunk", "source"}
 
 
-def config_mismatch(stored, given, prefix: str = "model") -> Optional[str]:
+def config_mismatch(stored, given, prefix: str = "model") -> str | None:
     """First architecture field where two ``model`` config sections differ, as one line, or None."""
     a = stored.to_dict() if hasattr(stored, "to_dict") else dict(stored)
     b = given.to_dict() if hasattr(given, "to_dict") else dict(given)

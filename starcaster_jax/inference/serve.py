@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -95,9 +95,9 @@ class Server:
         return C.decode_in_groups(lambda z: self._call("decode", jnp.asarray(z)), latents,
                                   self.slots - self.context)
 
-    def video(self, audio: np.ndarray, *, reference: Optional[np.ndarray] = None,
-              id_emb: Optional[np.ndarray] = None, poses: Optional[np.ndarray] = None, seed: int = 0,
-              view_reference: Optional[str] = None) -> Iterator[np.ndarray]:
+    def video(self, audio: np.ndarray, *, reference: np.ndarray | None = None,
+              id_emb: np.ndarray | None = None, poses: np.ndarray | None = None, seed: int = 0,
+              view_reference: str | None = None) -> Iterator[np.ndarray]:
         """``Generator.video`` on the artefact: uint8 frames ``[n, R, R, 3]`` per chunk."""
         audio = C.check_speech(audio)
         view_reference = view_reference or self.manifest["view_reference"]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def orbit(num_frames: int, yaw_amplitude: float = 20 * _DEG, period_frames: floa
     return out.astype(np.float32)
 
 
-def static(num_frames: int, pose: Optional[Sequence[float]] = None) -> np.ndarray:
+def static(num_frames: int, pose: Sequence[float] | None = None) -> np.ndarray:
     """The same pose (model units, default the identity) for every frame. -> ``[N, 6]``."""
     p = IDENTITY_POSE if pose is None else np.asarray(pose, np.float32).reshape(-1)
     if p.shape != (6,):
@@ -156,7 +156,8 @@ def _keyframes(keys, num_frames, fps, units, path) -> np.ndarray:
             raise ValueError(f"{path}: each keyframe is an object like {{\"frame\": 0, \"yaw\": 10}}")
         unknown = set(k) - set(FIELDS) - {"frame", "time"}
         if unknown:
-            raise ValueError(f"{path}: unknown keyframe field(s) {sorted(unknown)}; known: frame, time, {', '.join(FIELDS)}")
+            raise ValueError(f"{path}: unknown keyframe field(s) {sorted(unknown)}; "
+                             f"known: frame, time, {', '.join(FIELDS)}")
         if "frame" in k:
             frames.append(float(k["frame"]))
         elif "time" in k:

@@ -1,6 +1,15 @@
 """Media IO: mp4 (H.264 + AAC) writing and reading through PyAV, images, grids (DESIGN §4 output)."""
-from starcaster_jax.media.video import (VIDEO_EXTENSIONS, MediaError, VideoWriter, grid, load_image,
-                                        read_audio_from_video, read_video, save_image, write_mp4)
+from starcaster_jax.media.video import (
+                                        VIDEO_EXTENSIONS,
+                                        MediaError,
+                                        VideoWriter,
+                                        grid,
+                                        load_image,
+                                        read_audio_from_video,
+                                        read_video,
+                                        save_image,
+                                        write_mp4,
+)
 
 __all__ = ["VIDEO_EXTENSIONS", "MediaError", "VideoWriter", "grid", "load_image",
            "read_audio_from_video", "read_video", "save_image", "write_mp4"]

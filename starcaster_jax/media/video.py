@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import fractions
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class VideoWriter:
     manager; the streams are created at the first :meth:`write` (when the frame size is known).
     """
 
-    def __init__(self, path: str, *, fps: float = 25, audio: Optional[np.ndarray] = None,
+    def __init__(self, path: str, *, fps: float = 25, audio: np.ndarray | None = None,
                  sample_rate: int = 16000, crf: int = 18):
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -170,7 +170,7 @@ class VideoWriter:
         return False
 
 
-def write_mp4(path: str, frames, fps: float = 25, audio: Optional[np.ndarray] = None,
+def write_mp4(path: str, frames, fps: float = 25, audio: np.ndarray | None = None,
               sample_rate: int = 16000) -> str:
     """Write ``uint8 [T, H, W, 3]`` frames as H.264 (+ AAC ``audio`` f32 mono) mp4; returns ``path``."""
     with VideoWriter(path, fps=fps, audio=audio, sample_rate=sample_rate) as w:

@@ -17,7 +17,9 @@ from starcaster_jax.models.layers import Conv, Dense, GroupNorm, LayerNorm, gelu
 
 
 class ResnetBlock2D(nnx.Module):
-    """diffusers ``ResnetBlock2D`` (shared by the UNet and the VAE) (time_embedding_norm="default", dropout 0), channels last.
+    """diffusers ``ResnetBlock2D`` (shared by the UNet and the VAE), channels last.
+
+    time_embedding_norm="default", dropout 0.
 
     GroupNorm -> SiLU -> conv1 (+ projected time embedding when ``temb_dim``) -> GroupNorm ->
     SiLU -> conv2, plus a residual (1x1 ``conv_shortcut`` when channels change).

@@ -33,12 +33,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
 from starcaster_jax.models.rngs import InitRngs
 
 ENCODER_NAMES = ("vae", "audio", "identity_cond", "identity_eval", "lip_loss", "lip_eval", "pose_eval")

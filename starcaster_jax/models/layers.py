@@ -7,7 +7,7 @@ torch's epsilons), which is what the weight-import parity tests rely on.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -21,7 +21,6 @@ through the explicit temporal stack.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -52,12 +51,12 @@ class LipReaderConfig:
     num_visemes: int = 16                       # classes of the viseme head
 
     @classmethod
-    def tiny(cls, **kw) -> "LipReaderConfig":
+    def tiny(cls, **kw) -> LipReaderConfig:
         """Built-in lip reader; trains in minutes on CPU."""
         return cls(**{**dict(crop_size=32, frontend_kernel=(3, 5, 5)), **kw})
 
     @classmethod
-    def real(cls, **kw) -> "LipReaderConfig":
+    def real(cls, **kw) -> LipReaderConfig:
         """Size of the public VSR ResNet-18 encoders (88x88 crops, 512-d features)."""
         return cls(**{**dict(crop_size=88, frontend_width=64, frontend_kernel=(5, 7, 7),
                              widths=(64, 128, 256, 512), blocks_per_stage=2, norm_groups=32,

@@ -8,7 +8,8 @@ never conditions or supervises the denoiser (``launch/train_encoders.py`` trains
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ class PoseRegressorConfig:
     outputs: int = 3                          # yaw, pitch, roll (radians, schema convention)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "PoseRegressorConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> PoseRegressorConfig:
         d = dict(d or {})
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 

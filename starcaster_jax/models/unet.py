@@ -11,7 +11,8 @@ the imported model exactly.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,7 @@ class UNetConfig:
     attention_impl: str = ""        # model.attention_impl (attention.py; "" = platform default)
 
     @classmethod
-    def from_dict(cls, d) -> "UNetConfig":
+    def from_dict(cls, d) -> UNetConfig:
         d = dict(d)
         for k in ("block_out_channels", "cross_attn_blocks"):
             if k in d:

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.models.attention import Attention, dot_product_attention
 from starcaster_jax.models.blocks import ResnetBlock2D, Upsample2D
 from starcaster_jax.models.layers import Conv, GroupNorm
-
+from starcaster_jax.models.rngs import InitRngs
 
 # ----------------------------------------------------------------------------- config
 
@@ -53,7 +53,7 @@ class VAEConfig:
         return 2 ** (len(self.block_out_channels) - 1)
 
     @classmethod
-    def from_diffusers(cls, cfg: Mapping[str, Any], **overrides) -> "VAEConfig":
+    def from_diffusers(cls, cfg: Mapping[str, Any], **overrides) -> VAEConfig:
         """From a diffusers ``AutoencoderKL`` ``config.json`` dict; unknown keys are ignored."""
         for key, want in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
             bad = [t for t in cfg.get(key, ()) if t != want]
@@ -71,7 +71,7 @@ class VAEConfig:
         return cls(**kw)
 
     @classmethod
-    def from_json(cls, path: str, **overrides) -> "VAEConfig":
+    def from_json(cls, path: str, **overrides) -> VAEConfig:
         with open(path) as f:
             return cls.from_diffusers(json.load(f), **overrides)
 
@@ -116,7 +116,7 @@ class DiagonalGaussian:
     logvar: jax.Array
 
     @classmethod
-    def from_moments(cls, moments: jax.Array) -> "DiagonalGaussian":
+    def from_moments(cls, moments: jax.Array) -> DiagonalGaussian:
         """``moments: [N, h, w, 2C]`` -> first C channels mean, last C log-variance (diffusers order)."""
         mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
         return cls(mean, jnp.clip(logvar, -30.0, 20.0))

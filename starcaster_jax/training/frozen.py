@@ -24,9 +24,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
 from starcaster_jax.models.identity import resolve as identity_resolve
 from starcaster_jax.models.rngs import InitRngs
-
 from starcaster_jax.models.vae import VAEConfig, create_vae
 from starcaster_jax.weights.vae import load_vae, vae_path_from_config
 

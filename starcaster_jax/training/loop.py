@@ -74,9 +74,9 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
           frozen_nets=None) -> dict:
     """Train ``config`` in ``workdir`` until ``schedule.total_steps`` (or ``stop_after`` steps
     in this call, for tests of resumption). Returns a summary dict."""
-    from data_pipelines.pipeline import make_train_iterator
-
     from etils import epath
+
+    from data_pipelines.pipeline import make_train_iterator
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)   # local path or gs://
     mesh = make_mesh(config)
     trainer = Trainer(config, mesh, frozen_nets=frozen_nets)

@@ -62,7 +62,7 @@ class LossConfig:
     vae_latent_noise: bool           # sample the VAE posterior (True) or use its mean
 
     @classmethod
-    def from_config(cls, config) -> "LossConfig":
+    def from_config(cls, config) -> LossConfig:
         t = config.train
         d = config.diffusion
         sched = dict(type=d.schedule)
@@ -222,7 +222,6 @@ def chunk_loss(model, nets, x0, rng, lc: LossConfig, *, context_mask, id_emb, au
                "mse": jnp.sum(per_frame) / jnp.maximum(jnp.sum(keep), 1.0)}
     total = loss
     if lc.lip_weight > 0 and frames is not None and "lip" in nets:
-        from starcaster_jax.models.lipreading import lip_loss
         x0_hat = obj.predict_x0(lc.objective, lc.schedule, x_t, pred, t)
         lip = noise_weighted_lip_loss(nets, x0_hat, t, frames, mouth_box, context_mask, lc)
         total = total + lc.lip_weight * lip

@@ -10,7 +10,8 @@ so frozen leaves get no optimiser state at all (and XLA drops their weight gradi
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -46,7 +46,7 @@ class SelfForcingConfig:
     id_cfg: float = 1.5
 
     @classmethod
-    def from_config(cls, config) -> "SelfForcingConfig":
+    def from_config(cls, config) -> SelfForcingConfig:
         c, d = config.self_forcing, config.diffusion
         names = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(c.keys()) - names)

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from starcaster_jax import sharding as shd
 from starcaster_jax.models.rngs import InitRngs
@@ -41,7 +42,7 @@ class TrainState:
                 "ema": self.ema, "rng": self.rng, "skipped": self.skipped}
 
     @classmethod
-    def from_dict(cls, d) -> "TrainState":
+    def from_dict(cls, d) -> TrainState:
         return cls(**{k: d[k] for k in ("step", "params", "opt_state", "ema", "rng", "skipped")})
 
 

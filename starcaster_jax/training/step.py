@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from starcaster_jax import sharding as shd
 from starcaster_jax.training import frozen as frozen_lib

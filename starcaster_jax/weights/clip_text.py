@@ -14,17 +14,24 @@ Skipped: the ``position_ids`` buffer, ``vision_model.*``, projections and ``logi
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.models.identity.clip_text import Arc2FaceIdentityEncoder, CLIPTextConfig, CLIPTextModel
-from starcaster_jax.weights.common import (WeightImportError, apply_converted, auto_layout, convert,
-                                           param_shapes, read_checkpoint, read_json)
+from starcaster_jax.models.rngs import InitRngs
+from starcaster_jax.weights.common import (
+    WeightImportError,
+    apply_converted,
+    auto_layout,
+    convert,
+    param_shapes,
+    read_checkpoint,
+    read_json,
+)
 
 _SKIP = ("vision_model.", "visual_projection", "text_projection", "logit_scale")
 _ATTN = {"q_proj": "to_q", "k_proj": "to_k", "v_proj": "to_v", "out_proj": "to_out"}

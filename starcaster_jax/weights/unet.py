@@ -11,13 +11,18 @@ from __future__ import annotations
 import os
 import re
 
-import numpy as np
 from flax import nnx
-from starcaster_jax.models.rngs import InitRngs
 
+from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.models.unet import UNet, UNetConfig
-from starcaster_jax.weights.common import (WeightImportError, apply_converted, convert, param_shapes,
-                                           read_checkpoint, read_json)
+from starcaster_jax.weights.common import (
+    WeightImportError,
+    apply_converted,
+    convert,
+    param_shapes,
+    read_checkpoint,
+    read_json,
+)
 
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 # Layers STARCaster adds on top of SD-1.5 / AnimateDiff.

@@ -10,15 +10,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
 from starcaster_jax.models.vae import AutoencoderKL, VAEConfig, abstract_vae, vae_preset
-from starcaster_jax.weights.common import (WeightImportError, apply_converted, convert, param_shapes,
-                                           read_checkpoint, read_json)
+from starcaster_jax.weights.common import (
+    WeightImportError,
+    apply_converted,
+    convert,
+    param_shapes,
+    read_checkpoint,
+    read_json,
+)
 
 __all__ = ["load_vae", "load_vae_config", "vae_from_torch_state_dict", "make_rename", "resolve_vae_dir",
            "WeightImportError"]

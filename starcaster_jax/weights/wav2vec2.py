@@ -17,11 +17,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.models.audio.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
-from starcaster_jax.weights.common import (WeightImportError, apply_converted, auto_layout,
-                                           conv1d, convert, param_shapes, read_checkpoint)
+from starcaster_jax.models.rngs import InitRngs
+from starcaster_jax.weights.common import (
+    WeightImportError,
+    apply_converted,
+    auto_layout,
+    conv1d,
+    convert,
+    param_shapes,
+    read_checkpoint,
+)
 
 # Heads and pre-training parts of the task models: not part of the encoder.
 IGNORED_PREFIXES = ("lm_head.", "masked_spec_embed", "quantizer.", "project_hid.", "project_q.",

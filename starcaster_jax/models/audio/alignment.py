@@ -10,7 +10,7 @@ residual misalignment is under one feature frame (< 20 ms, half a video frame), 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

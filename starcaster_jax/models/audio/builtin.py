@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ class BuiltinAudioConfig:
     num_visemes: int = 15          # data_pipelines.schema.NUM_VISEMES (sil + 14, Oculus-style)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "BuiltinAudioConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> BuiltinAudioConfig:
         d = dict(d or {})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)

@@ -21,11 +21,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import jax
 from flax import nnx
-from starcaster_jax.models.rngs import InitRngs
 
 from starcaster_jax.models.audio.alignment import AudioProjector
 from starcaster_jax.models.audio.builtin import BuiltinAudioConfig, BuiltinAudioEncoder
 from starcaster_jax.models.audio.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+from starcaster_jax.models.rngs import InitRngs
 
 ENCODERS = ("wav2vec2", "builtin")
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +83,7 @@ class Wav2Vec2Config:
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None
-                ) -> "Wav2Vec2Config":
+                ) -> Wav2Vec2Config:
         """From a parsed HF ``config.json`` (and optionally ``preprocessor_config.json``)."""
         if hf.get("add_adapter"):
             raise ValueError("wav2vec2 config: add_adapter=True is not supported by this port")
@@ -101,7 +102,7 @@ class Wav2Vec2Config:
         return cls(**kw)
 
     @classmethod
-    def from_pretrained(cls, path: str) -> "Wav2Vec2Config":
+    def from_pretrained(cls, path: str) -> Wav2Vec2Config:
         """From a checkpoint directory holding ``config.json`` (+ ``preprocessor_config.json``)."""
         with open(os.path.join(path, "config.json")) as f:
             hf = json.load(f)

@@ -9,16 +9,37 @@
 * ``verification_metrics`` — TAR@FAR and rank-1 of embeddings.
 """
 from starcaster_jax.models.conditioning import IdentityProjector
-from starcaster_jax.models.identity.builtin import (ArcFaceHead, ArcFaceModel, BuiltinIdentityConfig,
-                                                    BuiltinIdentityEncoder, arcface_loss,
-                                                    make_optimizer, train_step)
-from starcaster_jax.models.identity.clip_text import (ARC2FACE_PROMPT, Arc2FaceIdentityEncoder,
-                                                      CLIPTextConfig, CLIPTextModel,
-                                                      arc2face_prompt_ids, substitute_token)
-from starcaster_jax.models.identity.faces import (ARCFACE_TEMPLATE, HAAR_ENLARGE, HAAR_SHIFT,
-                                                  FaceNotFoundError, ImageReadError, align_face,
-                                                  arcface_template, crop_box, detect_faces,
-                                                  face_crops, load_image, similarity_transform)
+from starcaster_jax.models.identity.builtin import (
+                                                    ArcFaceHead,
+                                                    ArcFaceModel,
+                                                    BuiltinIdentityConfig,
+                                                    BuiltinIdentityEncoder,
+                                                    arcface_loss,
+                                                    make_optimizer,
+                                                    train_step,
+)
+from starcaster_jax.models.identity.clip_text import (
+                                                    ARC2FACE_PROMPT,
+                                                    Arc2FaceIdentityEncoder,
+                                                    CLIPTextConfig,
+                                                    CLIPTextModel,
+                                                    arc2face_prompt_ids,
+                                                    substitute_token,
+)
+from starcaster_jax.models.identity.faces import (
+                                                    ARCFACE_TEMPLATE,
+                                                    HAAR_ENLARGE,
+                                                    HAAR_SHIFT,
+                                                    FaceNotFoundError,
+                                                    ImageReadError,
+                                                    align_face,
+                                                    arcface_template,
+                                                    crop_box,
+                                                    detect_faces,
+                                                    face_crops,
+                                                    load_image,
+                                                    similarity_transform,
+)
 from starcaster_jax.models.identity.metrics import tar_at_far, verification_metrics
 from starcaster_jax.models.identity.onnx_arcface import IdentityEncoder, OnnxArcFace, normalize_rows
 

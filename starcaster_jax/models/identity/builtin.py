@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,7 @@ class BuiltinIdentityConfig:
             raise ValueError(f"identity.builtin.margin must be in [0, pi/2), got {self.margin}")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "BuiltinIdentityConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> BuiltinIdentityConfig:
         d = dict(d or {})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
@@ -67,14 +68,14 @@ class BuiltinIdentityConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     @classmethod
-    def for_conditioning(cls, **kw) -> "BuiltinIdentityConfig":
+    def for_conditioning(cls, **kw) -> BuiltinIdentityConfig:
         """The encoder whose embeddings condition the denoiser: 3 stages, 8x8 map flattened.
         Sized to train in ~20 s on 2 CPU cores at 32x32 (the demo's 64x64 frames are resized)."""
         return cls(**{**dict(image_size=32, widths=(16, 32, 64), blocks_per_stage=1,
                              pool="flatten"), **kw})
 
     @classmethod
-    def for_evaluation(cls, **kw) -> "BuiltinIdentityConfig":
+    def for_evaluation(cls, **kw) -> BuiltinIdentityConfig:
         """The independent evaluator (a different architecture, trained with another seed):
         4 stages down to a 4x4 map, wider last stage."""
         return cls(**{**dict(image_size=32, widths=(16, 32, 64, 128), blocks_per_stage=1,

@@ -27,7 +27,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +71,7 @@ class CLIPTextConfig:
             raise ValueError("CLIP text config: hidden_size is not divisible by num_attention_heads")
 
     @classmethod
-    def from_hf(cls, hf: Mapping[str, Any]) -> "CLIPTextConfig":
+    def from_hf(cls, hf: Mapping[str, Any]) -> CLIPTextConfig:
         """From a parsed ``config.json`` of a ``CLIPTextModel`` (or a full ``CLIPModel``:
         its ``text_config`` is used). Unrelated HF keys are ignored."""
         if "text_config" in hf and isinstance(hf["text_config"], Mapping):
@@ -79,7 +80,7 @@ class CLIPTextConfig:
         return cls(**{k: v for k, v in hf.items() if k in names})
 
     @classmethod
-    def from_pretrained(cls, path: str) -> "CLIPTextConfig":
+    def from_pretrained(cls, path: str) -> CLIPTextConfig:
         with open(os.path.join(path, "config.json")) as f:
             return cls.from_hf(json.load(f))
 

@@ -12,7 +12,8 @@ normalisation in: then raw ``0..255`` pixels are fed; the same test insightface 
 from __future__ import annotations
 
 import os
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

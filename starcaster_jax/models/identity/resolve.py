@@ -25,7 +25,6 @@ Frames are ``[B, H, W, 3]`` float in ``[-1, 1]``; embeddings ``[B, E]`` float32,
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -91,7 +90,7 @@ def _resolve_path(p: str, base_dir: str) -> str:
     return alt if os.path.exists(alt) else p
 
 
-def resolve_identity_encoder(model_cfg, *, base_dir: str = "") -> Optional[nnx.Module]:
+def resolve_identity_encoder(model_cfg, *, base_dir: str = "") -> nnx.Module | None:
     """The identity encoder ``model_cfg`` (a config's ``model`` section) names, loaded; None
     when it names none that exists (``builtin`` with neither ``identity.encoder_checkpoint``
     nor ``<encoders_dir>/identity_cond``): callers that need one say so in their own words.
