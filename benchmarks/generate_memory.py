@@ -25,19 +25,23 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
+from configs import stage2_audio
+from data_pipelines.synthetic import speech
+from launch import generate as cli
+from starcaster_jax import media
+from starcaster_jax.inference import generate as G
+from starcaster_jax.media import read_video
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
 def worker(seconds: float, out: str, steps: int, checkpoint: str | None) -> None:
     """One generation of ``seconds`` of speech (runs inside the measured subprocess)."""
-    import numpy as np
-    import soundfile
+    import soundfile  # noqa: PLC0415 (the media extra)
 
-    from configs import stage2_audio
-    from data_pipelines.synthetic import speech
-    from launch import generate as cli
-    from starcaster_jax.inference import generate as G
 
     utt = speech.synthesize("the quick brown fox jumps over the lazy dog, and then it rests", "en-us").audio
     sr = G.SAMPLE_RATE
@@ -51,7 +55,6 @@ def worker(seconds: float, out: str, steps: int, checkpoint: str | None) -> None
         cli.build_generator = lambda args, need_identity: G.Generator(
             parts.model, parts.vae, parts.audio_encoder, cfg, identity_fn=parts.identity_fn)
     # RSS sampled at every chunk written: flat after warm-up if nothing accumulates per chunk
-    from starcaster_jax import media
     samples, write = [], media.VideoWriter.write
 
     def write_and_sample(self, frames):
@@ -89,7 +92,6 @@ def measure(seconds: float, steps: int, checkpoint: str | None, tmp: str) -> dic
         peak_kb, how = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before), "getrusage"
     gen = re.search(r"generate_seconds=([\d.]+)", p.stdout)
     trace = re.search(r"rss_early=(\d+) rss_last=(\d+) chunks=(\d+)", p.stdout)
-    from starcaster_jax.media import read_video
     frames = read_video(out)[0].shape[0]
     early, last, chunks = (int(trace.group(i)) for i in (1, 2, 3)) if trace else (0, 0, 0)
     return dict(seconds=seconds, frames=frames, peak_mib=peak_kb / 1024, wall=wall, chunks=chunks,

@@ -29,6 +29,18 @@ import os
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from configs import stage2_audio
+from starcaster_jax.inference.generate import random_module
+from starcaster_jax.models.lipreading import LipReader, LipReaderConfig
+from starcaster_jax.models.rngs import InitRngs
+from starcaster_jax.models.vae import AutoencoderKL, VAEConfig
+from starcaster_jax.training import losses as L
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -42,17 +54,7 @@ SIZES = {
 
 def build(name: str):
     """-> (jitted value_and_grad fn per crop setting, its args, description)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
 
-    from configs import stage2_audio
-    from starcaster_jax.inference.generate import random_module
-    from starcaster_jax.models.lipreading import LipReader, LipReaderConfig
-    from starcaster_jax.models.rngs import InitRngs
-    from starcaster_jax.models.vae import AutoencoderKL, VAEConfig
-    from starcaster_jax.training import losses as L
 
     variant, t_len, reader = SIZES[name]
     cfg = stage2_audio.get_config(variant)
@@ -88,7 +90,6 @@ def build(name: str):
 
 
 def measure(fn, args, repeats: int, run: bool) -> dict:
-    import jax
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()
     out = {"compile_s": time.perf_counter() - t0}
@@ -117,7 +118,6 @@ def main(argv=None) -> int:
     ap.add_argument("--time_paper", action="store_true",
                     help="also run (not only compile) the paper size: its full decode needs ~23 GiB")
     a = ap.parse_args(argv)
-    import jax
     mib = 2.0 ** 20
     rows = []
     for name in a.sizes:

@@ -215,7 +215,7 @@ def _unwrap_tf_example(raw: bytes) -> bytes:
 
 def tfds_features():
     """The TFDS FeaturesDict for builders: one deterministic bytes blob per example."""
-    import tensorflow_datasets as tfds  # local: readers of raw ArrayRecord need no TFDS
+    import tensorflow_datasets as tfds  # local: readers of raw ArrayRecord need no TFDS  # noqa: PLC0415 (TensorFlow loads only where TFDS is read)
 
     return tfds.features.FeaturesDict(
         {"record": tfds.features.Tensor(shape=(), dtype=np.object_)})

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grain
+from array_record.python.array_record_module import ArrayRecordWriter
 
 from data_pipelines import schema
 
@@ -148,7 +149,7 @@ def open_source(spec: Any, *, split: str = "train", root: str = "",
     if hasattr(spec, "as_data_source"):
         return spec.as_data_source(_split_for(spec.info.splits, split, stream))
     if isinstance(spec, str) and spec.startswith("tfds:"):
-        import tensorflow_datasets as tfds  # local: raw ArrayRecord readers need no TFDS
+        import tensorflow_datasets as tfds  # local: raw ArrayRecord readers need no TFDS  # noqa: PLC0415 (TensorFlow loads only where TFDS is read)
 
         name, _, sp = spec[len("tfds:"):].partition(":")
         if sp:
@@ -156,7 +157,7 @@ def open_source(spec: Any, *, split: str = "train", root: str = "",
         builder = tfds.builder(name, data_dir=root or None)
         return open_source(builder, split=split, stream=stream)
     if isinstance(spec, (str, os.PathLike)) and os.path.isdir(spec) and is_tfds_dir(spec):
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # noqa: PLC0415 (TensorFlow loads only where TFDS is read)
 
         return open_source(tfds.builder_from_directory(os.fspath(spec)), split=split,
                            stream=stream)
@@ -206,7 +207,6 @@ def make_source(spec: Any, stream: str, *, split: str = "train", root: str = "",
 
 def write_array_record(path: str, blobs: Sequence[bytes]) -> str:
     """Write blobs to one ArrayRecord file (tests, ingestion of raw blobs). Returns ``path``."""
-    from array_record.python.array_record_module import ArrayRecordWriter
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     w = ArrayRecordWriter(os.fspath(path), "group_size:1")

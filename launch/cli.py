@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from absl import app, flags
+from ml_collections import ConfigDict
 
 EXIT_USAGE = 2
 
@@ -63,7 +64,6 @@ def _overrides(argv: Sequence[str], name: str) -> list[tuple[str, str]]:
 
 def field_paths(config) -> list[str]:
     """Every declared dotted path of a ``ConfigDict`` (sections and leaves)."""
-    from ml_collections import ConfigDict
     paths = []
 
     def walk(node, prefix):
@@ -76,7 +76,6 @@ def field_paths(config) -> list[str]:
 
 
 def _has_path(config, path: str) -> bool:
-    from ml_collections import ConfigDict
     node = config
     for part in path.split("."):
         if not isinstance(node, ConfigDict):

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def eval_settings(config, args):
     """The checkpoint config's ``eval`` section over the current defaults, then the flags."""
-    from configs import common
+    from configs import common  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     ev = common.base_config(config.variant).eval
     ev.update({k: v for k, v in config.eval.items() if k in ev})
     if args.modes:
@@ -63,7 +63,7 @@ def eval_settings(config, args):
             if getattr(args, name) < 0:
                 raise UsageError(f"--{name}: must be >= 0, got {getattr(args, name)}")
             ev[name] = getattr(args, name)
-    from starcaster_jax.evaluation.modes import MODES
+    from starcaster_jax.evaluation.modes import MODES  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     bad = [m for m in ev.modes if m not in MODES]
     if bad or not ev.modes:
         raise UsageError(f"--modes: expected a comma-separated subset of {','.join(MODES)}, got {args.modes!r}")
@@ -72,10 +72,10 @@ def eval_settings(config, args):
 
 def evaluate_checkpoint(path: str, args) -> dict:
     """Evaluate one workdir (all modes, all baselines); writes its metrics JSON and strip."""
-    from starcaster_jax.evaluation import baselines, report
-    from starcaster_jax.evaluation import synthetic as S
-    from starcaster_jax.inference.chunking import GenerationError
-    from starcaster_jax.inference.generate import Generator, _resolve_dir
+    from starcaster_jax.evaluation import baselines, report  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.evaluation import synthetic as S  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.inference.chunking import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.inference.generate import Generator, _resolve_dir  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     gen = Generator.from_checkpoint(path, use_ema=not args.no_ema, need_identity=True)
     ev_cfg = eval_settings(gen.config, args)
     data = args.data or _resolve_dir(gen.config.data.root or "", path)
@@ -118,7 +118,7 @@ def evaluate_checkpoint(path: str, args) -> dict:
 
 
 def _json(x):
-    import numpy as np
+    import numpy as np  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     return np.asarray(x).tolist() if hasattr(x, "tolist") else str(x)
 
 
@@ -139,8 +139,8 @@ def stored_result(path: str, args) -> dict | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from starcaster_jax.evaluation import report
-    from starcaster_jax.inference.chunking import GenerationError
+    from starcaster_jax.evaluation import report  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.inference.chunking import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     try:
         for flag, path in (("--out", args.out), ("--strip", args.strip)):   # before any model load
             problem = path and cli.output_problem(path, flag=flag)

@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from starcaster_jax.inference.chunking import GenerationError
-    from starcaster_jax.inference.export import export_checkpoint
+    from starcaster_jax.inference.chunking import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.inference.export import export_checkpoint  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     problem = cli.output_problem(args.out, is_dir=True)   # before loading the checkpoint
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from launch import cli
 
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config_file(spec: str):
     """``path/to/config.py[:arg]`` -> ``get_config(arg)``."""
-    from starcaster_jax.inference.generate import GenerationError
+    from starcaster_jax.inference.generate import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise GenerationError(f"--config {path}: no such config file")
@@ -91,18 +92,18 @@ def load_config_file(spec: str):
 
 def build_generator(args, *, need_identity: bool):
     """The :class:`Generator` for ``--checkpoint`` (and ``--config``); tests replace this."""
-    from starcaster_jax.inference.generate import Generator
+    from starcaster_jax.inference.generate import Generator  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     config = load_config_file(args.config) if args.config else None
     return Generator.from_checkpoint(args.checkpoint, config=config, use_ema=not args.no_ema,
                                      need_identity=need_identity, view_reference=args.view_reference)
 
 
 def _trajectory(args, num_frames: int, *, multiview: bool) -> np.ndarray | None:
-    from starcaster_jax.inference import views
+    from starcaster_jax.inference import views  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     kind = args.views or ("orbit" if multiview else "none")
     if kind == "none":
         if multiview:
-            from starcaster_jax.inference.generate import GenerationError
+            from starcaster_jax.inference.generate import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
             raise GenerationError("--multiview needs views: use --views orbit, static or a JSON file")
         return None
     if kind == "static":
@@ -115,7 +116,7 @@ def _trajectory(args, num_frames: int, *, multiview: bool) -> np.ndarray | None:
     try:
         return views.from_json(kind, num_frames)
     except ValueError as e:
-        from starcaster_jax.inference.generate import GenerationError
+        from starcaster_jax.inference.generate import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
         raise GenerationError(f"--views {e}") from None
 
 
@@ -125,8 +126,8 @@ def _upscale(frames: np.ndarray, k: int) -> np.ndarray:
 
 def generate(args) -> list[str]:
     """Run one generation; returns the written paths. Input problems raise GenerationError."""
-    from starcaster_jax import media
-    from starcaster_jax.inference import generate as G
+    from starcaster_jax import media  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.inference import generate as G  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
 
     # 1. cheap input checks first: a typo should not cost a model load
     if not args.out.lower().endswith(".mp4"):
@@ -190,7 +191,6 @@ def generate(args) -> list[str]:
     chunks = gen.plan(audio.size, animate=reference is not None)
     if args.grid and ref_panel is None:
         print("note: --grid has no reference image to show next to an --identity embedding", file=sys.stderr)
-    from tqdm import tqdm
     bar = tqdm(total=len(chunks), unit="chunk", desc=f"{n} frames", disable=args.quiet, file=sys.stderr)
     with media.VideoWriter(out, fps=G.FPS, audio=audio, sample_rate=G.SAMPLE_RATE) as writer:
         for frames in gen.video(audio, reference=reference, id_emb=id_emb, poses=poses,
@@ -205,7 +205,7 @@ def generate(args) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from starcaster_jax.inference.generate import GenerationError
+    from starcaster_jax.inference.generate import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     try:
         paths = generate(args)
     except GenerationError as e:

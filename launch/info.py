@@ -30,13 +30,13 @@ COMPONENTS = (
 
 
 def count_components(model_cfg) -> dict[str, int]:
-    import numpy as np
-    from flax import nnx
+    import numpy as np  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from flax import nnx  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
 
-    import starcaster_jax  # noqa: F401
-    from starcaster_jax.models.starcaster import STARCaster
-    from starcaster_jax.models.vae import AutoencoderKL, VAEConfig
-    from starcaster_jax.weights.common import param_shapes
+    import starcaster_jax  # noqa: F401, PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.models.starcaster import STARCaster  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.models.vae import AutoencoderKL, VAEConfig  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.weights.common import param_shapes  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
 
     counts = {name: 0 for name, _ in COMPONENTS}
     model = nnx.eval_shape(lambda: STARCaster(model_cfg, rngs=InitRngs(0)))

@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
+from starcaster_jax.sharding import make_mesh
+from starcaster_jax.training.checkpoint import Checkpointer, load_for_inference, restore_params
+from starcaster_jax.training.state import ModelDef, TrainState
 from tests.eval_fixtures import micro_config
 
 
 def _state(config):
-    from starcaster_jax.sharding import make_mesh
-    from starcaster_jax.training.state import ModelDef, TrainState
     mdef = ModelDef(config, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
     params = mdef.init_params()
     ema = jax.tree.map(lambda x: x + 1.0, params)
@@ -25,7 +26,6 @@ def _state(config):
 
 
 def test_save_and_restore_emit_no_metadata_warning(tmp_path, caplog):
-    from starcaster_jax.training.checkpoint import Checkpointer, load_for_inference, restore_params
     config = micro_config(str(tmp_path / "data"), "")
     state = _state(config)
     it = iter(grain.MapDataset.range(10).to_iter_dataset())

@@ -2,6 +2,7 @@
 (``launch/cli.py``), and output paths checked before any model is loaded."""
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -12,7 +13,9 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from launch import cli
+from configs import stage1_motion
+from launch import cli, train_encoders
+from launch import generate as gen_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ABSL_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")   # absl/JAX logging, e.g. "I1202 16:00:40.09 ..."
@@ -89,14 +92,12 @@ def test_parse_flags_reports_unknown_fields_with_a_suggestion():
 
 
 def test_field_paths_lists_sections_and_leaves():
-    from configs import stage1_motion
     paths = cli.field_paths(stage1_motion.get_config("micro"))
     assert {"optim", "optim.lr", "model.unet", "data.root"} <= set(paths)
     assert len(paths) == len(set(paths))
 
 
 def test_train_encoders_misuse_is_one_error_line(capsys):
-    from launch import train_encoders
     assert train_encoders.main(["--data=/d", "--workdir=/w", "--config.optim.lrr=1"]) == 2
     assert _one_error_line(capsys.readouterr().err).endswith("did you mean 'optim.lr'?")
     assert train_encoders.main(["--config=configs/stage2_audio.py:nope", "--data=/d", "--workdir=/w"]) == 2
@@ -105,7 +106,6 @@ def test_train_encoders_misuse_is_one_error_line(capsys):
 
 @pytest.mark.parametrize("module", ["launch.generate", "launch.export", "launch.evaluate"])
 def test_argparse_launchers_missing_flag_is_one_line(module, capsys):
-    import importlib
     with pytest.raises(SystemExit) as e:
         importlib.import_module(module).main([])
     assert e.value.code == 2
@@ -125,9 +125,8 @@ def test_output_problem(tmp_path):
 
 def test_generate_checks_out_before_loading_the_model(tmp_path, monkeypatch, capsys):
     """``starcaster-generate --out a_file/x.mp4``: one line about --out, and no model load."""
-    import soundfile
+    import soundfile  # noqa: PLC0415 (the media extra)
 
-    from launch import generate as gen_cli
 
     def no_load(*a, **k):
         raise AssertionError("the model was loaded before --out was checked")

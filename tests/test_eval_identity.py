@@ -9,15 +9,15 @@ import dataclasses
 import numpy as np
 import pytest
 
+from configs import stage2_audio
+from data_pipelines.synthetic import tfds_builder
+from launch import train_encoders as te
 from starcaster_jax.evaluation import metrics as M
 from starcaster_jax.evaluation import synthetic as S
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from configs import stage2_audio
-    from data_pipelines.synthetic import tfds_builder
-    from launch import train_encoders as te
     root = tmp_path_factory.mktemp("eval_id")
     cfg = tfds_builder.make_config("tiny", n_train_ids=6, n_test_ids=4, clips_per_id=2)
     tfds_builder.build(str(root / "corpus"), cfg, workers=1)

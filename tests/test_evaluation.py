@@ -11,9 +11,13 @@ import eval_fixtures as F
 import numpy as np
 import pytest
 
+from launch import evaluate as cli
+from starcaster_jax.evaluation import baselines, report
 from starcaster_jax.evaluation import metrics as M
 from starcaster_jax.evaluation import modes as modes_lib
 from starcaster_jax.evaluation import synthetic as S
+from starcaster_jax.inference.generate import Generator
+from starcaster_jax.media.video import load_image
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +93,6 @@ def test_copy_reference_scores_exactly_the_static_answer(inputs, evaluators):
 
 
 def test_untrained_baseline_is_the_step0_model(setup, inputs, evaluators, tmp_path):
-    from starcaster_jax.evaluation import baselines
-    from starcaster_jax.inference.generate import Generator
     init_wd = F.write_checkpoint(setup["config"], str(tmp_path / "init"), noise=0.0)
     gen0 = Generator.from_checkpoint(init_wd, need_identity=True)
     gen1 = Generator.from_checkpoint(setup["workdir"], need_identity=True)
@@ -104,7 +106,6 @@ def test_untrained_baseline_is_the_step0_model(setup, inputs, evaluators, tmp_pa
 
 
 def test_quick_eval_reports_the_model_beside_its_baselines(setup, inputs, evaluators):
-    from starcaster_jax.inference.generate import Generator
     gen = Generator.from_checkpoint(setup["workdir"], need_identity=True)
     out = S.quick_eval(gen, inputs.video[:1], evaluators)
     s = out["scalars"]
@@ -118,8 +119,6 @@ def test_quick_eval_reports_the_model_beside_its_baselines(setup, inputs, evalua
 
 
 def test_cli_prints_every_mode_with_every_baseline(setup, capsys, tmp_path):
-    from launch import evaluate as cli
-    from starcaster_jax.evaluation import report
     strip = str(tmp_path / "strip.png")
     assert cli.main(["--checkpoint", setup["workdir"], "--strip", strip]) == 0
     out = capsys.readouterr().out
@@ -137,13 +136,11 @@ def test_cli_prints_every_mode_with_every_baseline(setup, capsys, tmp_path):
     assert "lip_acc" in res["modes"]["animate"]["systems"]["majority"]
     long = res["modes"]["long_horizon"]["metrics"]
     assert [m for m in long if m.startswith("psnr@")] == ["psnr@0-1s", "psnr@1-2s"]      # 2 s, 1 s segments
-    from starcaster_jax.media.video import load_image
     img = load_image(strip)
     assert img.shape[0] == 2 * 16 * len(modes_lib.MODES)
 
 
 def test_compare_tabulates_checkpoints_and_rejects_other_clips(setup, capsys, tmp_path):
-    from launch import evaluate as cli
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     F.write_checkpoint(setup["config"], a, noise=0.05)
     F.write_checkpoint(setup["config"], b, noise=0.0)        # b IS the untrained model
@@ -165,7 +162,6 @@ def test_compare_tabulates_checkpoints_and_rejects_other_clips(setup, capsys, tm
 
 
 def test_cli_misuse_exits_2(tmp_path, capsys):
-    from launch import evaluate as cli
     with pytest.raises(SystemExit) as e:
         cli.main([])
     assert e.value.code == 2

@@ -3,6 +3,7 @@
 verification metrics and the one-line errors on bad inputs."""
 import json
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -303,7 +304,6 @@ def onnx_model(tmp_path_factory):
             bn.running_var.uniform_(0.5, 1.5)
     net.eval()
     path = str(tmp_path_factory.mktemp("onnx") / "arcface_toy.onnx")
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, torch.zeros(1, 3, 112, 112), path, input_names=["input.1"],
@@ -321,7 +321,7 @@ def _torch_embed(net, crops_uint8):
 
 def _smooth_texture(rng, size):
     """A smooth random RGB image (low-frequency: bilinear resampling barely changes it)."""
-    import cv2
+    import cv2  # noqa: PLC0415 (the media extra)
     small = rng.uniform(0, 255, (size // 8, size // 8, 3)).astype(np.float32)
     return np.clip(cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.uint8)
 
@@ -354,7 +354,7 @@ def test_onnx_runner_matches_torch(onnx_model):
 def test_onnx_runner_with_alignment(onnx_model):
     """A face-like crop warped into a larger image by a known similarity: the runner, given the
     5 keypoints of the warped image, aligns it back and matches torch on the original crop."""
-    import cv2
+    import cv2  # noqa: PLC0415 (the media extra)
     net, path = onnx_model
     enc = OnnxArcFace(path)
     rng = np.random.default_rng(1)
@@ -392,7 +392,7 @@ def test_bad_inputs_give_one_line_errors(onnx_model, tmp_path):
     with pytest.raises(ImageReadError, match="no such image file"):
         load_image(str(tmp_path / "missing.jpg"))
     # a real image without a face, on the file path (Haar fallback)
-    import cv2
+    import cv2  # noqa: PLC0415 (the media extra)
     flat = tmp_path / "wall.png"
     cv2.imwrite(str(flat), _smooth_texture(np.random.default_rng(0), 160))
     with pytest.raises(FaceNotFoundError, match="no face detected") as e:

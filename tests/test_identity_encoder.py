@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from eval_fixtures import micro_config, write_checkpoint, write_encoders
 
 from configs import stage2_audio
 from starcaster_jax.inference import chunking as C
@@ -18,6 +19,7 @@ from starcaster_jax.inference import generate as G
 from starcaster_jax.models import builtin_encoders as be
 from starcaster_jax.models.identity import resolve
 from starcaster_jax.models.identity.builtin import BuiltinIdentityConfig
+from starcaster_jax.models.identity.onnx_arcface import OnnxArcFace
 from starcaster_jax.training import frozen
 from starcaster_jax.training import losses as L
 
@@ -35,8 +37,8 @@ def _frames(b=2, r=16, seed=0):
 
 @pytest.fixture(scope="module")
 def toy_onnx(tmp_path_factory):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    import onnx  # noqa: PLC0415 (optional ONNX dependency)
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415 (optional ONNX dependency)
     w = np.random.default_rng(0).normal(size=(3 * 7 * 7, 512)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("AveragePool", ["input.1"], ["p"], kernel_shape=[16, 16], strides=[16, 16]),
@@ -81,7 +83,6 @@ def test_arc2face_raises_not_implemented_saying_why():
 def test_training_generation_and_export_get_the_resolved_encoder(monkeypatch, tmp_path, sentinel):
     """Patch the one resolver: the training step's identity net, the Generator's identity
     function and the exported identity encoder are all what it returned."""
-    from eval_fixtures import micro_config, write_checkpoint, write_encoders
     calls = []
 
     def fake(model_cfg, *, base_dir=""):
@@ -114,9 +115,8 @@ def test_training_generation_and_export_get_the_resolved_encoder(monkeypatch, tm
 
 
 def test_onnx_arcface_embeds_alike_in_the_training_step_and_in_generation(toy_onnx):
-    import cv2
+    import cv2  # noqa: PLC0415 (the media extra)
 
-    from starcaster_jax.models.identity.onnx_arcface import OnnxArcFace
     c = _config(encoder="onnx_arcface", encoder_checkpoint=toy_onnx)
     assert frozen.identity_source(c) == "encoder"                        # auto: the encoder exists
     nets = frozen.build_frozen(c)

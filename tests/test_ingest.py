@@ -19,10 +19,12 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from data_pipelines import schema
-from data_pipelines.ingest import common, faces, multiview, testdata, videos
+from data_pipelines.ingest import arcface, common, faces, multiview, testdata, videos
 from data_pipelines.ingest.testdata import MOUTH_RGB, draw_face
+from data_pipelines.pipeline import make_train_iterator
 from data_pipelines.sources import make_source
 
 RES, CLIP = 64, 10  # ingestion resolution and clip length used by the tests
@@ -235,7 +237,6 @@ def test_identity_labels_from_top_folder(ingested):
 
 
 def test_ingested_shards_feed_the_train_pipeline(ingested):
-    from data_pipelines.pipeline import make_train_iterator
 
     cfg = dict(batch_size=2, num_frames=4, context_frames=1, resolution=32, audio_window=2,
                mixture={"video": 1.0}, seed=0,
@@ -355,7 +356,6 @@ def test_rerun_refuses_to_mix_shards_unless_overwrite(ingested, tmp_path):
 def test_an_image_named_mp4_is_unreadable(tmp_path, fmt):
     """FFmpeg opens an image as a one-stream "video" without audio: the reason is that it is
     not a video container (``unreadable``), not a missing audio track."""
-    from PIL import Image
     img = Image.fromarray(face_frame(0))
     path = str(tmp_path / "photo.mp4")
     if fmt == "animated GIF":
@@ -492,7 +492,6 @@ def test_multiview_records(mv):
 
 
 def test_multiview_shards_feed_the_mixture(mv, ingested):
-    from data_pipelines.pipeline import make_train_iterator
 
     cfg = dict(batch_size=2, num_frames=4, context_frames=1, num_views=3, resolution=32,
                mixture={"video": 0.5, "multiview": 0.5}, seed=1,
@@ -511,8 +510,8 @@ def test_multiview_shards_feed_the_mixture(mv, ingested):
 # ------------------------------------------------------------------------------ ArcFace
 def _random_arcface_onnx(path, dim=512):
     """A random-weight model with the insightface ArcFace layout: [N,3,112,112] -> [N,dim]."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    import onnx  # noqa: PLC0415 (optional ONNX dependency)
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415 (optional ONNX dependency)
 
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.normal(0, 0.1, (16, 3, 8, 8)).astype(np.float32), "w")
@@ -528,9 +527,8 @@ def _random_arcface_onnx(path, dim=512):
 
 
 def test_arcface_embedding_equals_onnxruntime_on_the_aligned_crop(tmp_path):
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 (optional ONNX dependency)
 
-    from data_pipelines.ingest import arcface
 
     model_path = tmp_path / "arcface.onnx"
     _random_arcface_onnx(model_path)
@@ -565,7 +563,6 @@ def test_arcface_flag_fills_the_embedding_and_the_valid_flag(ingested, tmp_path)
                       "--arcface", str(model_path), *DETECT, *ONE_PROCESS])
     assert rc == 0
     recs = read_records(out, "video")
-    from data_pipelines.ingest import arcface
 
     model = arcface.ArcFace(str(model_path))
     for r in recs.values():

@@ -11,12 +11,13 @@ import sys
 import numpy as np
 import pytest
 
+from data_pipelines.synthetic import build
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from data_pipelines.synthetic import build
     d = str(tmp_path_factory.mktemp("corpus"))
     assert build.main(["--out", d, "--preset", "tiny"]) == 0
     return d

@@ -2,6 +2,7 @@
 import glob
 import os
 
+import grain
 import numpy as np
 import pytest
 
@@ -200,7 +201,7 @@ def test_tfds_builder_writes_array_record_and_reads_back(tmp_path):
     builder = tfds_builder.build(str(tmp_path / "a"), cfg, workers=1)
     shards = sorted(glob.glob(os.path.join(str(builder.data_dir), "*.array_record-*")))
     assert len(shards) == len(tfds_builder.SPLITS)
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (TensorFlow loads only where TFDS is read)
 
     reader = tfds.builder_from_directory(str(builder.data_dir))
     seen = {}
@@ -216,7 +217,6 @@ def test_tfds_builder_writes_array_record_and_reads_back(tmp_path):
         seen[split] = {r["id_label"] for r in recs}
     assert not (seen["train_video"] | seen["train_multiview"]) & (seen["test_video"] | seen["test_multiview"])
     # Raw shard entries (what Grain's ArrayRecordDataSource returns) decode too.
-    import grain
 
     raw = grain.sources.ArrayRecordDataSource([s for s in shards if "-train_video." in s])
     assert schema.decode(raw[0])["kind"] == schema.KIND_VIDEO

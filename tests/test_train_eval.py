@@ -14,9 +14,12 @@ import eval_fixtures as F
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import stage1_motion
 from starcaster_jax.training import periodic_eval
+from starcaster_jax.training.checkpoint import restore_params
+from starcaster_jax.training.loop import train
 from starcaster_jax.training.metrics import read_events
 
 
@@ -43,10 +46,7 @@ def _config(corpus, enc, every):
 
 
 def test_eval_every_steps_writes_scalars_and_samples_and_leaves_training_unchanged(setup):
-    from PIL import Image
 
-    from starcaster_jax.training.checkpoint import restore_params
-    from starcaster_jax.training.loop import train
     runs = {}
     for every in (0, 2):
         wd = setup["root"] / f"every{every}"

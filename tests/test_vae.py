@@ -1,6 +1,8 @@
 """VAE: parity with diffusers.AutoencoderKL (random weights), importer paths and errors, video
 helpers, and that the tiny demo VAE learns to reconstruct."""
+import dataclasses
 import os
+import re
 import time
 
 import jax
@@ -10,7 +12,9 @@ import pytest
 from flax import nnx
 
 import starcaster_jax  # noqa: F401  (disables eager sharding)
-from starcaster_jax.models.vae import VAEConfig, abstract_vae, vae_preset
+from starcaster_jax.models.vae import VAEConfig, abstract_vae, create_vae, vae_preset
+from starcaster_jax.models.vae_training import estimate_scaling_factor, make_vae_optimizer, train_vae_step
+from starcaster_jax.sharding import count_params, make_mesh
 from starcaster_jax.weights.common import WeightImportError
 from starcaster_jax.weights.vae import load_vae, vae_from_torch_state_dict
 
@@ -69,7 +73,6 @@ def test_config_roundtrip_and_params(ref):
     cfg = VAEConfig.from_diffusers(dict(m.config))
     assert cfg.block_out_channels == (32, 64) and cfg.norm_num_groups == 8 and cfg.scaling_factor == 0.18215
     n_torch = sum(p.numel() for p in m.parameters())
-    from starcaster_jax.sharding import count_params
     assert count_params(nnx.state(abstract_vae(cfg), nnx.Param)) == n_torch
     # the full SD-1.5 VAE, counted without allocating it
     assert count_params(nnx.state(abstract_vae(vae_preset("sd15")), nnx.Param)) == 83_653_863
@@ -108,7 +111,6 @@ def test_old_attention_names(ref):
 def _to_ldm(sd, n):
     """diffusers -> LDM key names, 4-d 1x1-conv attention weights (checked against diffusers'
     own converter below, so this inverse is not trusted blindly)."""
-    import re
     attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
     out = {}
     for k, v in sd.items():
@@ -128,8 +130,8 @@ def _to_ldm(sd, n):
 
 
 def test_ldm_single_file(ref, tmp_path):
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-    from safetensors.torch import save_file
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint  # noqa: PLC0415 (the torch extra, parity oracle only)
+    from safetensors.torch import save_file  # noqa: PLC0415 (the torch extra, parity oracle only)
     sd = ref[0].state_dict()
     ldm = _to_ldm(sd, len(CFG.block_out_channels))
     ldm["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(3)  # rest of an SD checkpoint
@@ -164,7 +166,6 @@ def test_bad_checkpoints(ref, tmp_path):
 
 
 def test_load_with_mesh(ref_dir):
-    from starcaster_jax.sharding import make_mesh
     mesh = make_mesh((1, 4, 2), devices=jax.devices()[:8])
     vae, _ = load_vae(ref_dir, mesh=mesh)
     k = nnx.state(vae, nnx.Param)["encoder"]["mid_block"]["resnets"][0]["conv1"]["kernel"].get_value()
@@ -174,7 +175,6 @@ def test_load_with_mesh(ref_dir):
 def test_video_helpers_match_per_frame(ref):
     # the parity weights (no random init to compile); B*F=4 frames, per-frame batches of 2
     # reuse the parity tests' compiled ops.
-    import dataclasses
     cfg = dataclasses.replace(CFG, scaling_factor=0.5, shift_factor=0.1, encode_chunk=3, decode_chunk=3)
     vae = vae_from_torch_state_dict(abstract_vae(cfg), ref[0].state_dict())
     b, f = 2, 2
@@ -205,8 +205,6 @@ def _toy_images(n, hw, seed=0):
 
 
 def test_tiny_vae_learns_reconstruction():
-    from starcaster_jax.models.vae import create_vae
-    from starcaster_jax.models.vae_training import estimate_scaling_factor, make_vae_optimizer, train_vae_step
     vae = create_vae(vae_preset("tiny"), seed=0)
     opt = make_vae_optimizer(vae)
     x = _toy_images(8, 32)

@@ -50,8 +50,8 @@ class ArcFace:
     """An insightface-layout ArcFace ONNX model on CPU (onnxruntime)."""
 
     def __init__(self, model_path: str):
-        import onnx
-        import onnxruntime as ort
+        import onnx  # noqa: PLC0415 (optional ONNX dependency)
+        import onnxruntime as ort  # noqa: PLC0415 (optional ONNX dependency)
 
         try:
             graph = onnx.load(model_path).graph

@@ -28,6 +28,9 @@ import tempfile
 from collections.abc import Iterable
 from typing import Any
 
+from array_record.python.array_record_module import ArrayRecordWriter
+from tqdm import tqdm
+
 from data_pipelines import schema
 from data_pipelines.sources import STREAMS
 
@@ -128,7 +131,7 @@ class Report:
                "shards": self.shards, "reasons": REASONS}
         text = json.dumps(doc, indent=1, ensure_ascii=True).encode()
         if is_remote(path):
-            from apache_beam.io.filesystems import FileSystems
+            from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 (Beam loads only for ingestion)
 
             with FileSystems.create(path) as f:
                 f.write(text)
@@ -181,7 +184,6 @@ class ShardWriter:
         self.count += 1
 
     def _roll(self) -> None:
-        from array_record.python.array_record_module import ArrayRecordWriter
 
         self.close()
         path = os.path.join(self.out, f"{self.prefix}-{len(self.paths):05d}.array_record")
@@ -249,7 +251,7 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace, stream: st
 
 def _check_remote(ap: argparse.ArgumentParser, args: argparse.Namespace, stream: str) -> None:
     """The checks of check_args for gs:// (or other Beam filesystem) paths."""
-    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 (Beam loads only for ingestion)
 
     if not is_remote(args.src) and not os.path.isdir(args.src):
         ap.error(f"--src {args.src}: expected an existing folder")
@@ -286,7 +288,7 @@ def upload(local: str, dest: str) -> None:
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         shutil.move(local, dest)
         return
-    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 (Beam loads only for ingestion)
 
     with open(local, "rb") as f, FileSystems.create(dest) as g:
         shutil.copyfileobj(f, g, 1 << 22)
@@ -295,7 +297,7 @@ def upload(local: str, dest: str) -> None:
 def read_report(out: str) -> dict[str, Any]:
     path = join(out, "ingest_report.json")
     if is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 (Beam loads only for ingestion)
 
         with FileSystems.open(path) as f:
             return json.loads(f.read().decode())
@@ -313,7 +315,7 @@ class local_input:
     def __enter__(self) -> str:
         if not is_remote(self.path):
             return self.path
-        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 (Beam loads only for ingestion)
 
         fd, self.tmp = tempfile.mkstemp(suffix=os.path.splitext(self.path)[1])
         with os.fdopen(fd, "wb") as g, FileSystems.open(self.path) as f:
@@ -334,7 +336,7 @@ def list_inputs(src: str, exts: Iterable[str]) -> list[str]:
     as paths relative to ``src``."""
     exts = tuple(e.lower() for e in exts)
     if is_remote(src):
-        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 (Beam loads only for ingestion)
 
         base = src.rstrip("/") + "/"
         found = [m.path for r in FileSystems.match([base + "**"]) for m in r.metadata_list]
@@ -357,7 +359,6 @@ def identity_labels(names: Iterable[str]) -> dict[str, int]:
 def progress(items: list, quiet: bool, desc: str):
     if quiet:
         return items
-    from tqdm import tqdm
 
     return tqdm(items, desc=desc, unit="file", file=sys.stderr)
 

@@ -41,6 +41,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from data_pipelines.ingest.common import Skip
+from data_pipelines.schema import matrix_to_pose
 
 DEFAULT_CASCADE = "haarcascade_frontalface_alt2.xml"
 MOUTH_IN_FACE = (0.62, 0.22, 0.95, 0.78)  # (y0, x0, y1, x1) as fractions of the face box
@@ -85,9 +86,9 @@ class HaarDetector:
 
 def _mediapipe():
     try:
-        import mediapipe as mp  # noqa: F401
-        from mediapipe.tasks.python import vision
-        from mediapipe.tasks.python.core.base_options import BaseOptions
+        import mediapipe as mp  # noqa: F401, PLC0415 (optional MediaPipe dependency)
+        from mediapipe.tasks.python import vision  # noqa: PLC0415 (optional MediaPipe dependency)
+        from mediapipe.tasks.python.core.base_options import BaseOptions  # noqa: PLC0415 (optional MediaPipe dependency)
     except ImportError:
         raise ImportError("--detector mediapipe / --landmarks need the mediapipe package "
                           "(pip install mediapipe)") from None
@@ -164,7 +165,6 @@ def pose_from_landmarks(pts: np.ndarray, matrix: np.ndarray, nominal: float) -> 
     schema's head-in-camera R. (tx, ty): landmark centre in units of the crop half-size
     (x right, y down); scale: landmark extent / ``nominal`` (the extent at the nominal
     framing: face-box fraction of the crop)."""
-    from data_pipelines.schema import matrix_to_pose
 
     rot = np.asarray(matrix, np.float64)[:3, :3]
     rot = rot / np.cbrt(np.linalg.det(rot))  # drop any uniform scale

@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 
 from data_pipelines import schema
-from data_pipelines.ingest import common
+from data_pipelines.ingest import beam, common
 from data_pipelines.ingest.common import Skip
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -206,7 +206,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--src {args.src}: expected a local folder (multi-view captures are read "
                  "from local disk; --out may be gs://)")
     common.check_args(ap, args, "multiview")
-    from data_pipelines.ingest import beam
 
     caps = list_captures(args.src)
     parsed: dict[str, Any] = {}

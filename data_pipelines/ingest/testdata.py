@@ -46,7 +46,7 @@ def write_video(path, frame_fn: Callable[[int], np.ndarray], n: int, fps: float 
     of the video's duration. ``frame_fn=None`` writes audio only. ``pts_ms``: per-frame
     timestamps in ms (variable frame rate); ``rotation``: display matrix, counter-clockwise
     degrees (how a phone marks a sideways recording)."""
-    import av
+    import av  # noqa: PLC0415 (the media extra)
 
     tb = fractions.Fraction(1, 1000)
     with av.open(str(path), "w") as c:

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from data_pipelines import schema
-from data_pipelines.ingest import arcface, common, faces
+from data_pipelines.ingest import arcface, beam, common, faces
 from data_pipelines.ingest import pose as posemod
 from data_pipelines.ingest.common import Skip
 from data_pipelines.synthetic import landmarks
@@ -72,7 +72,7 @@ POSE_MIN_FIT = 0.9  # a clip's pose is valid when solvePnP fits at least this sh
 
 
 def _av():
-    import av  # local: `--help` and CLI misuse answer without loading FFmpeg
+    import av  # local: `--help` and CLI misuse answer without loading FFmpeg  # noqa: PLC0415 (the media extra)
 
     return av
 
@@ -397,7 +397,6 @@ def main(argv: list[str] | None = None) -> int:
         make_settings(spec)  # fail here, in one line, not in every worker
     except (ImportError, ValueError, RuntimeError) as e:
         ap.error(str(e).splitlines()[0])
-    from data_pipelines.ingest import beam
 
     files = common.list_inputs(args.src, VIDEO_EXTS)
     labels = common.identity_labels(identity_of(r) for r in files)

@@ -12,6 +12,8 @@ import argparse
 import os
 import time
 
+from data_pipelines.synthetic import tfds_builder
+
 
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -33,9 +35,8 @@ def main(argv=None) -> int:
                     help="anti-aliasing factor per axis (default: preset; part of the data)")
     args = ap.parse_args(argv)
 
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (TensorFlow loads only where TFDS is read)
 
-    from data_pipelines.synthetic import tfds_builder
 
     tfds.disable_progress_bar()  # our own bar counts records across all splits
     over = {} if args.supersample is None else {"supersample": args.supersample}

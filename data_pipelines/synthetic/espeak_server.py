@@ -44,7 +44,7 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctype
 
 
 def _load():
-    import espeakng_loader
+    import espeakng_loader  # noqa: PLC0415 (the media extra)
 
     lib = ctypes.CDLL(espeakng_loader.get_library_path())
     lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]

@@ -13,11 +13,12 @@ import jax
 import numpy as np
 from flax import nnx
 
+from starcaster_jax.sharding import make_mesh
+from starcaster_jax.training.state import ModelDef
+
 
 def fresh_model_state(config):
     """The STARCaster parameters training step 0 starts from (``training.state.ModelDef``)."""
-    from starcaster_jax.sharding import make_mesh
-    from starcaster_jax.training.state import ModelDef
     mdef = ModelDef(config, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
     return nnx.state(nnx.merge(mdef.graphdef, mdef.init_params()))
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from data_pipelines import schema
+from data_pipelines.sources import default_spec, find_tfds_dir, make_source
+from data_pipelines.synthetic import corpus, tfds_builder
+from data_pipelines.synthetic.tfds_builder import NOVEL_SPLIT
 from starcaster_jax.inference import chunking
 
 
@@ -15,7 +19,6 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
 
 def held_out_records(data_root: str, stream: str, num: int, *, split: str = "test") -> list[dict]:
     """The first ``num`` usable records of one stream of a split (distinct identities first)."""
-    from data_pipelines.sources import default_spec, make_source
     src = make_source(default_spec(stream, data_root, split), stream, split=split, root=data_root)
     recs, seen, rest = [], set(), []
     for i in range(len(src)):
@@ -28,9 +31,8 @@ def held_out_records(data_root: str, stream: str, num: int, *, split: str = "tes
 
 
 def _builder(data_root: str):
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (TensorFlow loads only where TFDS is read)
 
-    from data_pipelines.sources import find_tfds_dir
     path = find_tfds_dir(data_root)
     if path is None:
         raise FileNotFoundError(f"--data {data_root}: no (single) prepared TFDS dataset below it")
@@ -40,8 +42,6 @@ def _builder(data_root: str):
 def novel_view_pairs(data_root: str, num: int) -> list[tuple[dict, dict]]:
     """Up to ``num`` ``(first_camera_record, novel_view_record)`` pairs (distinct identities
     first): the free-viewpoint test. Empty when the corpus predates split ``test_novel_video``."""
-    from data_pipelines import schema
-    from data_pipelines.synthetic.tfds_builder import NOVEL_SPLIT
     b = _builder(data_root)
     if NOVEL_SPLIT not in b.info.splits or num <= 0:
         return []
@@ -61,7 +61,6 @@ def novel_view_pairs(data_root: str, num: int) -> list[tuple[dict, dict]]:
 def long_records(data_root: str, num: int, seconds: float) -> list[dict]:
     """``num`` held-out clips of ``seconds`` each (test identities in turn), rendered now from
     the corpus's recorded config (seed, identities, resolution, supersampling)."""
-    from data_pipelines.synthetic import corpus, tfds_builder
     cfg = _builder(data_root).info.metadata["config"]
     n_train, n_test = int(cfg["n_train_ids"]), int(cfg["n_test_ids"])
     out = []

@@ -15,8 +15,12 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from starcaster_jax.evaluation import metrics as M
+from starcaster_jax.evaluation.data import resize_frames
+from starcaster_jax.models import builtin_encoders as be
+from starcaster_jax.models.lipreading import accuracy
 
 
 def _to_float(frames) -> jax.Array:
@@ -52,17 +56,13 @@ class Evaluators:
 
     @classmethod
     def load(cls, encoders_dir: str) -> Evaluators:
-        from starcaster_jax.models import builtin_encoders as be
         pose = (be.load(encoders_dir, "pose_eval")
                 if os.path.isdir(os.path.join(encoders_dir, "pose_eval")) else None)
         return cls(lip=be.load(encoders_dir, "lip_eval"), identity=be.load(encoders_dir, "identity_eval"),
                    pose=pose)
 
     def __post_init__(self):
-        from flax import nnx
 
-        from starcaster_jax.models import builtin_encoders as be
-        from starcaster_jax.models.lipreading import accuracy
         self._embed = nnx.jit(be.identity_embedding)
         self._acc = nnx.jit(accuracy)
         self._pose = nnx.jit(lambda m, x: m(x))
@@ -95,7 +95,6 @@ class Evaluators:
         """Set ``threshold`` at ``far`` from impostor pairs (frames of different identities)
         of ``records`` (held-out clips, several identities), at the generator's ``resolution``
         (frames are scored at the size the model makes them). Returns the threshold."""
-        from starcaster_jax.evaluation.data import resize_frames
         imgs, labels = [], []
         for r in records:
             idx = np.linspace(0, len(r["frames"]) - 1, min(frames_per_clip, len(r["frames"]))).astype(int)

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from starcaster_jax.models.identity.metrics import tar_at_far
+
 PSNR_CAP = 100.0   # dB reported for identical images (the ceiling of ground truth)
 
 
@@ -42,7 +44,7 @@ def _pix(a, b):   # uint8 [N, H, W, 3] pairs -> per-image PSNR [N] and SSIM [N] 
 def sharpness(frames: np.ndarray) -> float:
     """Mean variance of the Laplacian of the grey frames (uint8 ``[N, H, W, 3]``): falls as a
     video blurs (long-horizon drift), 0 for a flat image."""
-    import cv2
+    import cv2  # noqa: PLC0415 (the media extra)
     return float(np.mean([cv2.Laplacian(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY),
                                         cv2.CV_64F).var() for f in frames]))
 
@@ -51,7 +53,6 @@ def far_threshold(impostor: np.ndarray, far: float) -> float:
     """The verification threshold at false-accept rate ``far``: the lowest ``t`` with
     ``#(impostor > t) / #impostor <= far`` (``tar_at_far``'s rule). Needs ``>= 1/far`` scores,
     else the FAR cannot be resolved and this raises ValueError."""
-    from starcaster_jax.models.identity.metrics import tar_at_far
     impostor = np.asarray(impostor, np.float64).ravel()
     if len(impostor) * far < 1.0 - 1e-9:
         raise ValueError(f"identity calibration: {len(impostor)} impostor pairs cannot resolve "

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from starcaster_jax.evaluation import modes as modes_lib
+from starcaster_jax.media.video import save_image
 
 SYSTEM_LABELS = {"ground_truth": "ground truth", "copy_reference": "copy-reference",
                  "untrained": "untrained", "majority": "majority", "model": "model"}
@@ -132,6 +133,5 @@ def frames_strip(frames_by_mode: Mapping[str, Mapping[str, np.ndarray]], columns
 
 
 def save_strip(path: str, frames_by_mode, **kw) -> str:
-    from starcaster_jax.media.video import save_image
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     return save_image(path, frames_strip(frames_by_mode, **kw))

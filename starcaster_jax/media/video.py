@@ -33,7 +33,7 @@ class MediaError(ValueError):
 
 def _av():
     try:
-        import av
+        import av  # noqa: PLC0415 (the media extra)
     except ImportError:  # pragma: no cover - av is in the `media` extra
         raise ImportError("video IO needs PyAV: pip install av") from None
     return av
@@ -230,7 +230,7 @@ def read_audio_from_video(path: str, sample_rate: int = 16000) -> np.ndarray:
 def load_image(path: str) -> np.ndarray:
     """RGB ``uint8 [H, W, 3]`` from an image file (grey expanded, alpha dropped); ``MediaError``
     naming the file when it is missing or not an image."""
-    import cv2
+    import cv2  # noqa: PLC0415 (the media extra)
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MediaError(f"{path}: no such image file")
@@ -242,7 +242,7 @@ def load_image(path: str) -> np.ndarray:
 
 def save_image(path: str, image: np.ndarray) -> str:
     """Write ``uint8 [H, W, 3]`` RGB (png/jpg by extension)."""
-    import cv2
+    import cv2  # noqa: PLC0415 (the media extra)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if not cv2.imwrite(os.fspath(path), np.ascontiguousarray(np.asarray(image, np.uint8)[..., ::-1])):
         raise MediaError(f"{path}: could not write the image (unsupported extension?)")
@@ -255,7 +255,7 @@ def grid(panels: Sequence[np.ndarray], *, gap: int = 0) -> np.ndarray:
 
     Used for ``reference | generated`` and for all views of a multi-view still next to each other.
     """
-    import cv2
+    import cv2  # noqa: PLC0415 (the media extra)
     arrs = [np.asarray(p, np.uint8) for p in panels]
     if not arrs:
         raise ValueError("grid: no panels")

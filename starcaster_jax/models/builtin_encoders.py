@@ -39,9 +39,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
+from starcaster_jax.models.audio.builtin import BuiltinAudioConfig, BuiltinAudioEncoder
+from starcaster_jax.models.identity.builtin import ArcFaceModel, BuiltinIdentityConfig, BuiltinIdentityEncoder
+from starcaster_jax.models.lipreading import LipReader, LipReaderConfig
+from starcaster_jax.models.pose_regressor import PoseRegressor, PoseRegressorConfig
 from starcaster_jax.models.rngs import InitRngs
+from starcaster_jax.models.vae import AutoencoderKL, VAEConfig
 
 ENCODER_NAMES = ("vae", "audio", "identity_cond", "identity_eval", "lip_loss", "lip_eval", "pose_eval")
 
@@ -57,11 +63,6 @@ PARAMS_DIR, CONFIG_FILE, METRICS_FILE = "params", "config.json", "metrics.json"
 def _kinds() -> dict[str, tuple[type, type]]:
     """kind -> (module class, config dataclass). Imported lazily: loading one encoder should not
     import every model family."""
-    from starcaster_jax.models.audio.builtin import BuiltinAudioConfig, BuiltinAudioEncoder
-    from starcaster_jax.models.identity.builtin import BuiltinIdentityConfig, BuiltinIdentityEncoder
-    from starcaster_jax.models.lipreading import LipReader, LipReaderConfig
-    from starcaster_jax.models.pose_regressor import PoseRegressor, PoseRegressorConfig
-    from starcaster_jax.models.vae import AutoencoderKL, VAEConfig
     return {"vae": (AutoencoderKL, VAEConfig),
             "pose_regressor": (PoseRegressor, PoseRegressorConfig),
             "builtin_audio": (BuiltinAudioEncoder, BuiltinAudioConfig),
@@ -166,9 +167,7 @@ def save(directory: str, name: str, model: nnx.Module, config: Mapping[str, Any]
     head is training-only). ``config``: free-form JSON-able record of how it was trained (kept
     under ``"config"``; the module's own config is derived from ``model``). Overwrites.
     """
-    import orbax.checkpoint as ocp
 
-    from starcaster_jax.models.identity.builtin import ArcFaceModel
     if isinstance(model, ArcFaceModel):
         model = model.encoder
     kind = kind_of(model)
@@ -231,7 +230,6 @@ def load(directory: str, name: str) -> nnx.Module:
     config is malformed, names the wrong kind, or the checkpoint's parameters do not match the
     module the config describes (every path and shape is checked first).
     """
-    import orbax.checkpoint as ocp
 
     path = os.path.abspath(os.path.join(os.fspath(directory), name))
     rec = read_config(directory, name)
@@ -285,7 +283,6 @@ def identity_embedding(model: nnx.Module, frames: jax.Array) -> jax.Array:
     also accepted) -> L2-normalised ``[B, 512]``. Pure JAX: call it inside the training step's
     jit (wrap ``model`` in ``jax.lax.stop_gradient`` of its state, or don't differentiate
     w.r.t. it: it is frozen)."""
-    from starcaster_jax.models.identity.builtin import ArcFaceModel, BuiltinIdentityEncoder
     if isinstance(model, ArcFaceModel):
         model = model.encoder
     if not isinstance(model, BuiltinIdentityEncoder):

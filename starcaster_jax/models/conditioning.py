@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from starcaster_jax.models.layers import Dense, timestep_embedding
+from starcaster_jax.models.layers import Dense, LayerNorm, timestep_embedding
 
 
 class TimestepEmbedding(nnx.Module):
@@ -55,7 +55,6 @@ class IdentityProjector(nnx.Module):
 
     def __init__(self, *, embed_dim: int = 512, num_tokens: int = 4, dim: int = 768,
                  hidden_dim: int | None = None, rngs: nnx.Rngs, dtype=None):
-        from starcaster_jax.models.layers import LayerNorm
         hidden_dim = hidden_dim or 2 * dim
         self.num_tokens, self.dim = num_tokens, dim
         self.linear_1 = Dense(embed_dim, hidden_dim, names=("cond", "mlp"), rngs=rngs, dtype=dtype)

@@ -17,9 +17,18 @@ import jax
 import ml_collections as mlc
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
-from starcaster_jax.training.state import TrainState, merged_model_params
+from starcaster_jax.sharding import make_mesh
+from starcaster_jax.training.state import (
+    ModelDef,
+    TrainState,
+    check_same_tree,
+    lora_config,
+    merged_model_params,
+    normalize_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +44,6 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def _isdir(path: str) -> bool:
-    from etils import epath
     return epath.Path(path).is_dir()
 
 
@@ -123,8 +131,6 @@ def restore_params(workdir: str, config=None, *, use_ema: bool = True, step: int
 
 
 def _restore(workdir: str, config=None, *, use_ema: bool = True, step: int | None = None):
-    from starcaster_jax.sharding import make_mesh
-    from starcaster_jax.training.state import ModelDef, check_same_tree, lora_config
     if not _isdir(checkpoint_dir(workdir)):
         raise FileNotFoundError(f"{workdir}: not a training workdir (no checkpoints/ inside)")
     key = "ema" if use_ema else "params"
@@ -145,7 +151,6 @@ def _restore(workdir: str, config=None, *, use_ema: bool = True, step: int | Non
     config = saved_cfg if config is None else config
     trainable = out["state"][key]
     mdef = ModelDef(config, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
-    from starcaster_jax.training.state import normalize_keys
     trainable = {"model": normalize_keys(trainable["model"], mdef.abstract_params),
                  **({"lora": trainable["lora"]} if "lora" in trainable else {})}
     params = merged_model_params(trainable, config if lora_config(config) else saved_cfg)

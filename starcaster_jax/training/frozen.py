@@ -25,7 +25,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from starcaster_jax.models import builtin_encoders as be
+from starcaster_jax.models.audio.encoder import build_audio_encoder
 from starcaster_jax.models.identity import resolve as identity_resolve
+from starcaster_jax.models.lipreading import LipReader, LipReaderConfig
 from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.models.vae import VAEConfig, create_vae
 from starcaster_jax.weights.vae import load_vae, vae_path_from_config
@@ -43,7 +46,6 @@ def _from_dir(config, name: str, explicit: str = ""):
     root = _encoders_dir(config)
     if not explicit and not root:
         return None
-    from starcaster_jax.models import builtin_encoders as be
     if explicit:
         parent, base = os.path.split(os.path.normpath(explicit))
         if os.path.isdir(os.path.join(explicit, name)):
@@ -94,14 +96,12 @@ def build_frozen(config) -> dict[str, nnx.Module]:
     # audio
     if uses_audio(config):
         if m.audio.encoder == "wav2vec2" or m.audio.wav2vec2_path:
-            from starcaster_jax.models.audio.encoder import build_audio_encoder
             if not m.audio.wav2vec2_path:
                 log.warning("frozen wav2vec2: random init (no model.audio.wav2vec2_path): tests only")
             nets["audio"] = _jit_build(lambda: build_audio_encoder(m.audio, rngs=InitRngs(config.seed)))
         else:
             enc = _from_dir(config, "audio", m.audio.encoder_checkpoint)
             if enc is None:
-                from starcaster_jax.models.audio.encoder import build_audio_encoder
                 log.warning("frozen audio encoder: random init (no encoders_dir): tests only")
                 enc = _jit_build(lambda: build_audio_encoder(m.audio, rngs=InitRngs(config.seed)))
             nets["audio"] = enc
@@ -116,7 +116,6 @@ def build_frozen(config) -> dict[str, nnx.Module]:
     if uses_lip(config):
         lip = _from_dir(config, "lip_loss", config.train.lip_checkpoint)
         if lip is None:
-            from starcaster_jax.models.lipreading import LipReader, LipReaderConfig
             log.warning("frozen lip reader: random init (no encoders_dir): tests only")
             lip = _jit_build(lambda: LipReader(LipReaderConfig.tiny(), rngs=InitRngs(config.seed)))
         nets["lip"] = lip

@@ -4,13 +4,18 @@ the device peak: measured on CPU with a matmul, a table value on TPU/GPU)."""
 from __future__ import annotations
 
 import collections
+import glob
 import logging
 import os
+import struct
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +62,11 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0
         self.tb = None
         if self.enabled:
-            from tensorboardX import SummaryWriter
             self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         self.sums = collections.defaultdict(float)
         self.counts = collections.defaultdict(int)
         self.bar = None
         if progress and self.enabled:
-            from tqdm import tqdm
             self.bar = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True)
         self.history: list[dict] = []
         self.eval_history: list[dict] = []
@@ -125,10 +128,7 @@ def read_events(logdir: str) -> list[dict]:
     ``<workdir>/tensorboard``), as ``{"step", "tag", "value"}`` (scalars) or ``{"step", "tag",
     "image": encoded bytes, "height", "width"}``: a reader with no TensorFlow / tensorboard
     install (event files are TFRecord-framed ``Event`` protos)."""
-    import glob
-    import struct
 
-    from tensorboardX.proto import event_pb2
     out = []
     for path in sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True)):
         with open(path, "rb") as f:

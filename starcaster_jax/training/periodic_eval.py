@@ -26,6 +26,14 @@ import time
 
 import jax
 import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from starcaster_jax.evaluation import synthetic as S
+from starcaster_jax.evaluation.baselines import with_model_state
+from starcaster_jax.inference.chunking import GenerationError
+from starcaster_jax.inference.generate import Generator, encoder_parts
+from starcaster_jax.training import lora as lora_lib
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +71,6 @@ class PeriodicEval:
     def _setup(self) -> None:
         """Evaluators, calibrated, and the held-out clips: every process decides alike (the
         same files), so none waits in a collective that another skipped."""
-        from starcaster_jax.evaluation import synthetic as S
         c = self.config
         root, enc = str(c.data.root or ""), str(c.model.encoders_dir or "")
         if not root:
@@ -84,8 +91,6 @@ class PeriodicEval:
                          resolution=int(c.data.resolution))
         except (ValueError, FileNotFoundError, OSError, KeyError) as e:
             return self._off(f"data.root={root!r}: {str(e).splitlines()[0]}")
-        from starcaster_jax.inference.chunking import GenerationError
-        from starcaster_jax.inference.generate import encoder_parts
         try:   # the encoders load_parts would give this checkpoint
             self._parts = encoder_parts(c.model, need_identity=True)
         except GenerationError as e:
@@ -97,18 +102,13 @@ class PeriodicEval:
         """The weights to evaluate, gathered to the host (every process takes part)."""
         tree = state.ema if self.use_ema else state.params
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             return multihost_utils.process_allgather(tree, tiled=True)
         return jax.device_get(tree)
 
     def _generator(self, params):
         """The Generator of these weights (built once; later calls swap the denoiser's
         parameters, so its compiled sampling programs are reused)."""
-        from flax import nnx
 
-        from starcaster_jax.evaluation.baselines import with_model_state
-        from starcaster_jax.inference.generate import Generator
-        from starcaster_jax.training import lora as lora_lib
         tr = self.trainer
         merged = lora_lib.merge(params["model"], params.get("lora"), tr.lora_scale)
         model = tr.mdef.module(jax.device_put(merged, jax.devices()[0]))
@@ -120,7 +120,6 @@ class PeriodicEval:
 
     def run(self, step: int, state, writer) -> dict | None:
         """Evaluate at ``step``; returns the scalars written (None when off or not process 0)."""
-        from starcaster_jax.evaluation import synthetic as S
         t0 = time.perf_counter()
         try:
             if self.available is None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 from flax import nnx
+from safetensors.numpy import load_file
 
 
 class WeightImportError(ValueError):
@@ -50,7 +51,6 @@ def read_checkpoint(path: str, *, prefer: Iterable[str] = ()) -> dict[str, np.nd
             return out
         raise WeightImportError(f"{path}: no *.safetensors or *.bin weights in this directory")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
         try:
             sd = load_file(path)
         except Exception as e:  # noqa: BLE001 - re-raised with the file name
@@ -58,7 +58,7 @@ def read_checkpoint(path: str, *, prefer: Iterable[str] = ()) -> dict[str, np.nd
         return {k: np.asarray(v, dtype=np.float32) for k, v in sd.items()}
     if path.endswith((".bin", ".pt", ".pth", ".ckpt")):
         try:
-            import torch
+            import torch  # noqa: PLC0415 (the torch extra, parity oracle only)
         except ImportError:
             raise WeightImportError(f"{path}: reading PyTorch pickles needs torch "
                                     "(pip install '.[torch]'), or convert to safetensors") from None

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from starcaster_jax.models.vae import AutoencoderKL, VAEConfig, abstract_vae, vae_preset
+from starcaster_jax.sharding import state_shardings
 from starcaster_jax.weights.common import (
     WeightImportError,
     apply_converted,
@@ -166,7 +167,6 @@ def load_vae(path: str, *, config: VAEConfig | None = None, mesh=None, **overrid
     model = abstract_vae(config)
     vae_from_torch_state_dict(model, sd, source=source)
     if mesh is not None:
-        from starcaster_jax.sharding import state_shardings
         state = nnx.state(model, nnx.Param)
         nnx.update(model, jax.device_put(state, state_shardings(state, mesh)))
     return model, config

@@ -65,14 +65,14 @@ class BuiltinAudioConfig:
 
 @functools.lru_cache(maxsize=8)
 def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
-    import librosa
+    import librosa  # noqa: PLC0415 (the media extra)
     return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax
                                ).astype(np.float32)  # [M, n_fft//2+1]
 
 
 @functools.lru_cache(maxsize=8)
 def _window(n_fft: int, win_length: int) -> np.ndarray:
-    import scipy.signal
+    import scipy.signal  # noqa: PLC0415 (the media extra)
     w = scipy.signal.get_window("hann", win_length, fftbins=True).astype(np.float32)
     left = (n_fft - win_length) // 2
     return np.pad(w, (left, n_fft - win_length - left))  # librosa.util.pad_center

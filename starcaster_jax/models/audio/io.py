@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -43,7 +44,7 @@ def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
         raise ValueError(f"audio: sample rates must be positive, got {orig_sr} -> {target_sr}")
     if orig_sr == target_sr:
         return x
-    import scipy.signal
+    import scipy.signal  # noqa: PLC0415 (the media extra)
     g = math.gcd(int(orig_sr), int(target_sr))
     return scipy.signal.resample_poly(x, int(target_sr) // g, int(orig_sr) // g).astype(np.float32)
 
@@ -52,14 +53,12 @@ def _read_file(path: str) -> tuple[np.ndarray, int]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such audio file")
     try:
-        import soundfile
+        import soundfile  # noqa: PLC0415 (the media extra)
         data, sr = soundfile.read(path, dtype="float32", always_2d=True)  # [S, C]
         return data, int(sr)
     except Exception as first:  # noqa: BLE001 - try a decoder for compressed/container formats
         try:
-            import warnings
-
-            import librosa
+            import librosa  # noqa: PLC0415 (the media extra)
             with warnings.catch_warnings():  # librosa warns when falling back to audioread
                 warnings.simplefilter("ignore")
                 data, sr = librosa.load(path, sr=None, mono=False)  # [C, S] or [S]

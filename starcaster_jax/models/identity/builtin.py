@@ -35,6 +35,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from starcaster_jax.models.identity.faces import check_images
 from starcaster_jax.models.layers import Conv, Dense, GroupNorm, LayerNorm
 
 
@@ -162,7 +163,6 @@ class BuiltinIdentityEncoder(nnx.Module):
 
     def embed(self, images, batch_size: int = 64) -> np.ndarray:
         """``IdentityEncoder.embed``: ``uint8 [B,H,W,3]`` -> ``float32 [B, embed_dim]`` (numpy)."""
-        from starcaster_jax.models.identity.faces import check_images
         images = check_images(images)
         return np.concatenate([np.asarray(_embed_jit(self, images[i:i + batch_size]))
                                for i in range(0, len(images), batch_size)])

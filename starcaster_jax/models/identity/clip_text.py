@@ -223,7 +223,7 @@ def arc2face_prompt_ids(tokenizer, prompt: str = ARC2FACE_PROMPT,
     """``(input_ids [max_length] int32, id_index)`` from a ``CLIPTokenizer`` or a local tokenizer
     directory (Arc2Face: the SD-1.5 ``tokenizer/`` folder). Needs transformers; no download."""
     if isinstance(tokenizer, (str, os.PathLike)):
-        from transformers import CLIPTokenizer
+        from transformers import CLIPTokenizer  # noqa: PLC0415 (the torch extra, parity oracle only)
         if not os.path.isdir(tokenizer):
             raise FileNotFoundError(f"{tokenizer}: not a tokenizer directory (vocab.json + merges.txt)")
         tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer), local_files_only=True)

@@ -39,7 +39,7 @@ class FaceNotFoundError(ValueError):
 
 def _cv2():
     try:
-        import cv2
+        import cv2  # noqa: PLC0415 (the media extra)
     except ImportError:  # pragma: no cover - cv2 is a dependency of the identity extras
         raise ImportError("face cropping needs OpenCV: pip install opencv-python-headless") from None
     return cv2

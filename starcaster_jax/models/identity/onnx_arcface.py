@@ -37,7 +37,7 @@ def normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 def _graph_normalizes_itself(model_path: str) -> bool:
-    import onnx
+    import onnx  # noqa: PLC0415 (optional ONNX dependency)
     graph = onnx.load(model_path).graph
     names = [n.name for n in graph.node[:8]]
     sub = any(n.startswith(("Sub", "_minus")) for n in names)
@@ -56,7 +56,7 @@ class OnnxArcFace:
 
     def __init__(self, model_path: str, *, providers: Sequence[str] = ("CPUExecutionProvider",),
                  normalize: str = "auto", batch_size: int = 32):
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 (optional ONNX dependency)
         model_path = os.fspath(model_path)
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"{model_path}: no such ONNX model")

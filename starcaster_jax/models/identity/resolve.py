@@ -31,6 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from starcaster_jax.models import builtin_encoders as be
+from starcaster_jax.models.identity.onnx_arcface import OnnxArcFace
+
 ENCODERS = ("builtin", "onnx_arcface", "arc2face")
 ARC2FACE_WHY = ("model.identity.encoder='arc2face' is not implemented: Arc2Face's CLIP encoder "
                 "(models/identity/clip_text.py) maps an ArcFace embedding to 77 prompt tokens, but "
@@ -58,7 +61,7 @@ class OnnxIdentityEncoder(nnx.Module):
 
     def _host(self, frames: np.ndarray) -> np.ndarray:
         """float ``[B, H, W, 3]`` in [-1, 1] -> ``[B, E]`` float32 (numpy, on the host)."""
-        import cv2
+        import cv2  # noqa: PLC0415 (the media extra)
         x = np.clip((np.asarray(frames, np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
         s = self.runner.input_size
         crops = np.stack([im if im.shape[:2] == (s, s) else
@@ -74,7 +77,6 @@ class OnnxIdentityEncoder(nnx.Module):
 def _load_builtin(path: str):
     """A built-in identity encoder from ``path`` (its own directory, or a parent holding
     ``identity_cond/``)."""
-    from starcaster_jax.models import builtin_encoders as be
     if os.path.isdir(os.path.join(path, "identity_cond")):
         return be.load(path, "identity_cond")
     parent, base = os.path.split(os.path.normpath(path))
@@ -106,7 +108,6 @@ def resolve_identity_encoder(model_cfg, *, base_dir: str = "") -> nnx.Module | N
         if not path:
             raise ValueError("model.identity.encoder='onnx_arcface' needs "
                              "model.identity.encoder_checkpoint (the ArcFace .onnx file)")
-        from starcaster_jax.models.identity.onnx_arcface import OnnxArcFace
         enc = OnnxIdentityEncoder(OnnxArcFace(path))
         if enc.embed_dim != int(ident.embed_dim):
             raise ValueError(f"model.identity.encoder_checkpoint={path!r} gives {enc.embed_dim}-d "
@@ -118,7 +119,6 @@ def resolve_identity_encoder(model_cfg, *, base_dir: str = "") -> nnx.Module | N
         return _load_builtin(path)
     root = _resolve_path(str(model_cfg.encoders_dir or ""), base_dir)
     if root and os.path.isdir(os.path.join(root, "identity_cond")):
-        from starcaster_jax.models import builtin_encoders as be
         return be.load(root, "identity_cond")
     return None
 
@@ -136,7 +136,6 @@ def has_identity_encoder(model_cfg) -> bool:
 def embed_frames(encoder: nnx.Module, frames: jax.Array) -> jax.Array:
     """``frames [B, H, W, 3]`` in [-1, 1] -> unit ``[B, E]`` with any encoder the resolver
     gives; pure JAX (jit-able), the frozen encoder's weights get no gradient."""
-    from starcaster_jax.models import builtin_encoders as be
     if isinstance(encoder, OnnxIdentityEncoder):
         e = encoder(frames)
         return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
