@@ -14,6 +14,7 @@ and CPU seconds are what a quiet machine's wall seconds would be.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -22,8 +23,12 @@ import time
 
 import numpy as np
 
+from data_pipelines.ingest import testdata, videos
+from data_pipelines.pipeline import make_train_iterator
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from configs.common import base_config  # noqa: E402
 from data_pipelines import schema  # noqa: E402
 from data_pipelines.synthetic import corpus, motion, speech, tfds_builder  # noqa: E402
 
@@ -71,7 +76,7 @@ def bench_codec():
 
 def bench_build(out: str, workers: int):
     shutil.rmtree(out, ignore_errors=True)
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (TensorFlow loads only where TFDS is read)
 
     tfds.disable_progress_bar()
     w = time.perf_counter()
@@ -93,10 +98,9 @@ PIPELINE_SHAPES = {
 
 def bench_pipeline(root: str, shape: str, mixture: dict, n_batches: int):
     """-> (batches/s, batches/CPU-s, examples/s, first-batch seconds) of make_train_iterator."""
-    from data_pipelines.pipeline import make_train_iterator
 
-    d = dict(PIPELINE_SHAPES[shape], mixture=mixture, root=root, audio_window=2, seed=0,
-             num_workers=0)
+    d = dict(base_config("tiny").data.to_dict(), **PIPELINE_SHAPES[shape], mixture=mixture,
+             root=root, audio_window=2, seed=0, num_workers=0)
     w = time.perf_counter()
     it = make_train_iterator(d, process_index=0, process_count=1)
     next(it)
@@ -115,7 +119,7 @@ def bench_pipeline(root: str, shape: str, mixture: dict, n_batches: int):
 def build_tiny(out: str, resolution: int) -> str:
     """The ``tiny`` preset corpus (as ``python -m data_pipelines.synthetic.build --preset tiny
     --resolution R``) -> its TFDS dataset directory."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (TensorFlow loads only where TFDS is read)
 
     tfds.disable_progress_bar()
     return str(tfds_builder.build(out, tfds_builder.make_config("tiny", resolution)).data_dir)
@@ -126,9 +130,7 @@ def bench_ingest(tmp: str, workers: int = 1, seconds: float = 4.0, videos_n: int
     swaying; stereo AAC) with the Beam pipeline on ``workers`` DirectRunner processes (1:
     in_memory) -> (25 fps output frames per wall second, per CPU second of this process,
     frames). Wall time includes the pipeline's start-up."""
-    import json
 
-    from data_pipelines.ingest import testdata, videos
 
     src, out = os.path.join(tmp, "ingest_src"), os.path.join(tmp, f"ingest_out{workers}")
     os.makedirs(src, exist_ok=True)

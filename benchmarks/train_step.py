@@ -120,12 +120,12 @@ def bench_variant(stage: str, variant: str, kinds, steps: int, warmup: int, over
         t_compile = time.perf_counter() - t0
         flops = metrics_lib.step_flops(trainer.compiled(kind, batch))
         for _ in range(warmup):
-            state, m = trainer.step(state, batch, kind)
+            state, m = trainer.step_kind(state, batch, kind)
             jax.block_until_ready((state, m))
         times, cpu = [], []
         for _ in range(steps):
             w0, c0 = time.perf_counter(), time.process_time()
-            state, m = trainer.step(state, batch, kind)
+            state, m = trainer.step_kind(state, batch, kind)
             jax.block_until_ready((state, m))
             times.append(time.perf_counter() - w0)
             cpu.append(time.process_time() - c0)

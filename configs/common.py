@@ -103,6 +103,9 @@ def base_config(variant: str) -> mlc.ConfigDict:
     # statistics and softmax stay f32); remat_policy: none|dots|dots_saveable|full (models/unet.py)
     m.unet = mlc.ConfigDict(dict(_UNET[variant], dtype="auto" if variant in ("small", "paper") else "float32",
                                  remat_policy="none", use_temporal=True, use_context_embedding=True))
+    m.unet.attention_impl = ""     # "" = per platform (einsum CPU, cudnn GPU, splash TPU) | xla|einsum|cudnn|splash
+    # mesh axis the motion modules shard frames over (K/V all-gathered in a shard_map), so long clips fit; "" = off
+    m.unet.sequence_parallel_axis = ""
     m.vae = mlc.ConfigDict(dict(_VAE[variant], scaling_factor=0.18215 if variant == "paper" else 1.0))
     m.vae_checkpoint = ""          # trained tiny VAE (demo) or an imported SD VAE directory
     # Directory written by `python -m launch.train_encoders` (<dir>/{vae,audio,identity_cond,
@@ -115,18 +118,15 @@ def base_config(variant: str) -> mlc.ConfigDict:
     # identity.source: what training conditions on: "auto" (the encoder when one exists, else
     # id_vector) | "encoder" | "precomputed" (the records' ingested embedding) | "id_vector"
     # (the built-in corpus's ground truth: tests without a trained encoder); training/frozen.py
+    # (the tokens' width is model.unet.cross_attention_dim)
     m.identity = mlc.ConfigDict(dict(embed_dim=512, num_tokens=_ID_TOKENS[variant],
-                                     dim=_UNET[variant]["cross_attention_dim"],
                                      encoder="builtin", encoder_checkpoint="", source="auto"))
-    # builtin / wav2vec2: the chosen encoder's own fields; the other one stays empty.
+    # builtin / wav2vec2: the chosen encoder's own fields; the other one stays empty. The audio
+    # tokens' width is model.unet.audio_dim. layers: which encoder hidden states feed the
+    # projector (None = all); wav2vec2_path: a local HF wav2vec2 directory; encoder_checkpoint: a
+    # trained built-in encoder (else <encoders_dir>/audio).
     m.audio = mlc.ConfigDict(dict(dict(builtin={}, wav2vec2={}), **_AUDIO[variant],
-                                  token_dim=_UNET[variant]["audio_dim"],
                                   layers=None, wav2vec2_path="", encoder_checkpoint=""))
-    m.attention_impl = ""          # "" = per platform (einsum CPU, cudnn GPU, splash TPU) | xla | einsum
-    #                                | cudnn | splash
-    # Sequence-parallel temporal attention: frames sharded over this mesh axis inside the motion
-    # modules (K/V all-gathered in a shard_map), so long clips fit; "" = off.
-    m.sequence_parallel_axis = ""
     m.pretrained = mlc.ConfigDict(dict(sd_unet="", motion_adapter="", vae=""))
 
     d = c.diffusion = mlc.ConfigDict()
@@ -146,12 +146,19 @@ def base_config(variant: str) -> mlc.ConfigDict:
 
     data = c.data = mlc.ConfigDict(dict(_DATA[variant]))
     data.root = ""                 # the built-in corpus or ingested shards (TFDS data_dir)
+    # Record files per stream, overriding data.root's shards: a glob of ArrayRecord files or a
+    # TFDS directory (data_pipelines/sources.py), e.g. --config.data.sources.video='x/*.array_record'
+    data.sources = mlc.ConfigDict(dict(video="", multiview=""))
+    data.split = "train"           # the records' split ("train" | "test")
+    data.window_frames = 0         # video window length; 0 = num_frames + context_frames (self-forcing sets it)
     data.mixture = mlc.ConfigDict({"video": 1.0})
-    data.hflip = True
+    data.hflip = True              # random horizontal flip (True = p 0.5, or a probability)
+    data.pose_mode = "compose"     # relative head pose: "compose" (rotation composition) | "subtract"
     data.num_shards = 0            # logical shards of the global batch (0: one per process);
                                    # fix it to get the same batches on any number of hosts
-    data.num_workers = 0
-    data.prefetch = 2
+    data.num_workers = 0           # Grain multiprocess prefetch workers (0 = in-process)
+    data.read_threads = 2          # Grain read threads per stream
+    data.prefetch = 2              # per-stream read-ahead, in batches
 
     o = c.optim = mlc.ConfigDict()
     o.name = "adamw"

@@ -37,11 +37,15 @@ attribute or mapping access)::
                        another number of hosts).
     data.num_workers   multiprocess prefetch workers (0 = in-process), data.read_threads (2),
     data.prefetch      per-stream read-ahead in batches
-    model.audio.window (or data.audio_window)  +-w audio frames (default 2)
-    seed (or data.seed)
+    model.audio.window  +-w audio frames; seed: the run's seed
+
+Every field is declared, with its default, in configs/common.py; ``PipelineConfig`` reads each
+one without a fallback. (A flat mapping of the data fields that carries ``audio_window`` and
+``seed`` itself works too: the tests build those.)
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,50 +60,66 @@ STREAM_IDS = T.STREAM_IDS
 STREAM_NAMES = {v: k for k, v in STREAM_IDS.items()}
 
 
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    if obj is None:
-        return default
-    if isinstance(obj, Mapping):
-        return obj.get(key, default)
-    try:
-        return obj[key] if hasattr(obj, "__getitem__") and key in obj else getattr(obj, key, default)
-    except (TypeError, KeyError, AttributeError):
-        return getattr(obj, key, default)
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """The pipeline's settings, resolved once from the config's ``data`` section (declared, with
+    their defaults, in configs/common.py) plus ``model.audio.window`` and ``seed``."""
+    batch_size: int                  # GLOBAL batch (divided over processes)
+    num_frames: int                  # video window length (F + K, or data.window_frames)
+    num_views: int
+    resolution: int | None
+    mixture: Mapping[str, float]     # streams with a positive weight only
+    sources: Mapping[str, Any]       # {stream: spec}; streams without one read data.root
+    root: str
+    split: str
+    hflip: float                     # probability
+    pose_mode: str
+    num_workers: int
+    read_threads: int
+    prefetch: int
+    num_shards: int
+    audio_window: int
+    seed: int
 
+    FIELDS = ("batch_size", "num_frames", "context_frames", "window_frames", "num_views",
+              "resolution", "mixture", "sources", "root", "split", "hflip", "pose_mode",
+              "num_workers", "read_threads", "prefetch", "num_shards")
 
-def _resolve(config_like: Any) -> dict[str, Any]:
-    data = _get(config_like, "data", None)
-    if data is None:
-        data = config_like
-    audio = _get(_get(config_like, "model"), "audio")
-    mixture = _get(data, "mixture", None) or {"video": 1.0}
-    mixture = {str(k): float(v) for k, v in dict(mixture).items() if float(v) > 0}
-    for k in mixture:
-        if k not in STREAMS:
-            raise ValueError(f"data.mixture: unknown stream {k!r} (expected {sorted(STREAMS)})")
-    if not mixture:
-        raise ValueError("data.mixture: no stream with a positive weight")
-    hflip = _get(data, "hflip", True)
-    srcs = _get(data, "sources", None)
-    return dict(
-        batch_size=int(_get(data, "batch_size", 2)),
-        num_frames=int(_get(data, "window_frames", 0) or 0)
-        or int(_get(data, "num_frames", 4)) + int(_get(data, "context_frames", 0)),
-        num_views=int(_get(data, "num_views", 4)),
-        resolution=_get(data, "resolution", None),
-        mixture=mixture,
-        sources=dict(srcs) if srcs else {},
-        root=str(_get(data, "root", "") or ""),
-        split=str(_get(data, "split", "train") or "train"),
-        hflip=0.5 if hflip is True else (0.0 if hflip is False else float(hflip)),
-        pose_mode=str(_get(data, "pose_mode", "compose")),
-        num_workers=int(_get(data, "num_workers", 0) or 0),
-        read_threads=int(_get(data, "read_threads", 2) or 1),
-        prefetch=int(_get(data, "prefetch", 2) or 0),
-        num_shards=int(_get(data, "num_shards", 0) or 0),
-        audio_window=int(_get(audio, "window", _get(data, "audio_window", 2))),
-        seed=int(_get(config_like, "seed", _get(data, "seed", 0)) or 0),
-    )
+    @classmethod
+    def from_config(cls, config_like: Any) -> PipelineConfig:
+        """A full config (``data``, ``model.audio.window``, ``seed``; attribute or mapping access)
+        or a flat mapping of the data fields plus ``audio_window`` and ``seed``."""
+        def get(obj, key, where):
+            try:
+                return obj[key] if isinstance(obj, Mapping) or hasattr(obj, "__getitem__") else getattr(obj, key)
+            except (KeyError, AttributeError):
+                raise ValueError(f"{where}{key}: missing (declared in configs/common.py)") from None
+
+        if (isinstance(config_like, Mapping) and "data" in config_like) or hasattr(config_like, "data"):
+            data, where = get(config_like, "data", ""), "data."
+            audio_window = get(get(get(config_like, "model", ""), "audio", "model."), "window", "model.audio.")
+            seed = get(config_like, "seed", "")
+        else:
+            data, where = config_like, ""
+            audio_window, seed = get(data, "audio_window", ""), get(data, "seed", "")
+        f = {k: get(data, k, where) for k in cls.FIELDS}
+        mixture = {str(k): float(v) for k, v in dict(f["mixture"]).items() if float(v) > 0}
+        for k in mixture:
+            if k not in STREAMS:
+                raise ValueError(f"{where}mixture: unknown stream {k!r} (expected {sorted(STREAMS)})")
+        if not mixture:
+            raise ValueError(f"{where}mixture: no stream with a positive weight")
+        hflip = f["hflip"]
+        return cls(
+            batch_size=int(f["batch_size"]),
+            num_frames=int(f["window_frames"]) or int(f["num_frames"]) + int(f["context_frames"]),
+            num_views=int(f["num_views"]), resolution=f["resolution"], mixture=mixture,
+            sources={k: v for k, v in dict(f["sources"] or {}).items() if v},
+            root=str(f["root"]), split=str(f["split"]),
+            hflip=0.5 if hflip is True else (0.0 if hflip is False else float(hflip)),
+            pose_mode=str(f["pose_mode"]), num_workers=int(f["num_workers"]),
+            read_threads=max(int(f["read_threads"]), 1), prefetch=int(f["prefetch"]),
+            num_shards=int(f["num_shards"]), audio_window=int(audio_window), seed=int(seed))
 
 
 def _stream_seed(seed: int, stream: str, process_index: int) -> int:
@@ -107,24 +127,24 @@ def _stream_seed(seed: int, stream: str, process_index: int) -> int:
     return int(ss.generate_state(1, np.uint32)[0])
 
 
-def stream_dataset(source: RecordSource, stream: str, cfg: Mapping[str, Any], *,
+def stream_dataset(source: RecordSource, stream: str, cfg: PipelineConfig, *,
                    process_index: int = 0, process_count: int = 1,
                    batch_size: int | None = None) -> grain.IterDataset:
     """Batched, shuffled, infinite IterDataset of one stream (this process's shard)."""
     ds = grain.MapDataset.source(source)
     if process_count > 1:
         ds = ds[process_index::process_count]
-    ds = ds.seed(_stream_seed(cfg["seed"], stream, process_index)).shuffle().repeat()
+    ds = ds.seed(_stream_seed(cfg.seed, stream, process_index)).shuffle().repeat()
     if stream == "video":
-        ds = ds.random_map(T.VideoWindow(cfg["num_frames"], cfg["audio_window"]))
+        ds = ds.random_map(T.VideoWindow(cfg.num_frames, cfg.audio_window))
     else:
-        ds = ds.random_map(T.MultiviewViews(cfg["num_views"], cfg["audio_window"]))
-    ds = ds.map(T.RelativePose(cfg["pose_mode"]))
-    ds = ds.random_map(T.RandomHFlip(cfg["hflip"]))
-    ds = ds.map(T.Normalize(cfg["resolution"]))
-    bs = int(batch_size or cfg["batch_size"])
+        ds = ds.random_map(T.MultiviewViews(cfg.num_views, cfg.audio_window))
+    ds = ds.map(T.RelativePose(cfg.pose_mode))
+    ds = ds.random_map(T.RandomHFlip(cfg.hflip))
+    ds = ds.map(T.Normalize(cfg.resolution))
+    bs = int(batch_size or cfg.batch_size)
     it = ds.to_iter_dataset(grain.ReadOptions(
-        num_threads=cfg["read_threads"], prefetch_buffer_size=max(cfg["prefetch"], 1) * bs))
+        num_threads=cfg.read_threads, prefetch_buffer_size=max(cfg.prefetch, 1) * bs))
     return it.batch(bs, drop_remainder=True)
 
 
@@ -170,28 +190,29 @@ class TrainIterator(grain.DatasetIterator):
 def make_train_dataset(config_like: Any, *, process_index: int | None = None,
                        process_count: int | None = None,
                        sources: Mapping[str, Any] | None = None):
-    """-> (IterDataset of mixed per-stream batches, {stream: RecordSource}, resolved cfg)."""
-    cfg = _resolve(config_like)
+    """-> (IterDataset of mixed per-stream batches, {stream: RecordSource}, PipelineConfig,
+    per-process batch size)."""
+    cfg = config_like if isinstance(config_like, PipelineConfig) else PipelineConfig.from_config(config_like)
     pi = jax.process_index() if process_index is None else int(process_index)
     pc = jax.process_count() if process_count is None else int(process_count)
     if not 0 <= pi < pc:
         raise ValueError(f"process_index {pi} not in [0, {pc})")
-    shards = int(cfg["num_shards"] or pc)
+    shards = int(cfg.num_shards or pc)
     if shards % pc:
         raise ValueError(f"data.num_shards={shards} must be a multiple of the {pc} processes")
-    if cfg["batch_size"] % shards:
-        raise ValueError(f"global batch {cfg['batch_size']} not divisible by {shards} data shards")
-    bs = cfg["batch_size"] // pc
-    specs = dict(cfg["sources"])
+    if cfg.batch_size % shards:
+        raise ValueError(f"global batch {cfg.batch_size} not divisible by {shards} data shards")
+    bs = cfg.batch_size // pc
+    specs = dict(cfg.sources)
     specs.update(dict(sources or {}))
     srcs: dict[str, RecordSource] = {}
-    for name in cfg["mixture"]:
+    for name in cfg.mixture:
         spec = specs.get(name)
         if spec is None:
-            spec = default_spec(name, cfg["root"], cfg["split"])
-        need = cfg["num_frames"] if name == "video" else cfg["num_views"]
-        srcs[name] = make_source(spec, name, split=cfg["split"], root=cfg["root"],
-                                 min_frames=need, resolution=cfg["resolution"])
+            spec = default_spec(name, cfg.root, cfg.split)
+        need = cfg.num_frames if name == "video" else cfg.num_views
+        srcs[name] = make_source(spec, name, split=cfg.split, root=cfg.root,
+                                 min_frames=need, resolution=cfg.resolution)
         if isinstance(spec, RecordSource):  # caller-built source: enforce the window length
             srcs[name].min_frames = max(srcs[name].min_frames, need)
 
@@ -201,7 +222,7 @@ def make_train_dataset(config_like: Any, *, process_index: int | None = None,
                       for name, src in srcs.items()}
         if len(per_stream) == 1:
             return next(iter(per_stream.values()))
-        return grain.IterDataset.mix(per_stream, cfg["mixture"])
+        return grain.IterDataset.mix(per_stream, cfg.mixture)
 
     per = shards // pc
     if per == 1:
@@ -209,9 +230,9 @@ def make_train_dataset(config_like: Any, *, process_index: int | None = None,
     else:  # several logical shards in this process: same global batches on any process count
         ds = grain.experimental.ZipIterDataset([shard_dataset(pi * per + j) for j in range(per)])
         ds = ds.map(_concat_batches)
-    if cfg["num_workers"] > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg["num_workers"]))
-    return ds, srcs, dict(cfg, per_process_batch=bs, process_index=pi, process_count=pc)
+    if cfg.num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
+    return ds, srcs, cfg, bs
 
 
 def _concat_batches(parts):
@@ -226,9 +247,9 @@ def make_train_iterator(config_like: Any, *, process_index: int | None = None,
     ``process_index``/``process_count`` default to ``jax.process_index()``/``process_count()``.
     ``sources`` overrides ``data.sources`` ({stream: spec or RecordSource}).
     """
-    ds, srcs, cfg = make_train_dataset(config_like, process_index=process_index,
-                                       process_count=process_count, sources=sources)
-    return TrainIterator(iter(ds), srcs, cfg["mixture"], cfg["per_process_batch"])
+    ds, srcs, cfg, per_process = make_train_dataset(config_like, process_index=process_index,
+                                                    process_count=process_count, sources=sources)
+    return TrainIterator(iter(ds), srcs, cfg.mixture, per_process)
 
 
 def to_global_batch(batch: Mapping[str, Any], sharding: Any) -> dict[str, jax.Array]:

@@ -20,6 +20,7 @@ suggestion (a remat policy, a larger ``mesh.fsdp``, a smaller per-chip batch).
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -49,7 +50,7 @@ def main(argv) -> int:
         return _error(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.config is None:
         return _error("--config is required (e.g. --config=configs/stage2_audio.py:paper)")
-    from starcaster_jax import tpu_plan as tp
+    from starcaster_jax import tpu_plan as tp  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     if not FLAGS.topology:
         return _error(f"--topology is required: one of {', '.join(tp.TOPOLOGIES)}")
     try:
@@ -67,9 +68,8 @@ def main(argv) -> int:
     if bad:
         return _error(f"--programs: {','.join(bad)} not run by this config (it runs {','.join(runs)})")
 
-    import logging
 
-    import jax
+    import jax  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     # executables compiled for a topology cannot be reloaded from a persistent cache here
     jax.config.update("jax_enable_compilation_cache", False)
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -87,7 +87,7 @@ def main(argv) -> int:
     header = (f"{FLAGS.topology}" + (f" x {FLAGS.num_slices} slices" if FLAGS.num_slices > 1 else "")
               + f": {len(devices)} chips of {chip.name}, mesh data={m['data']} fsdp={m['fsdp']} "
               f"tensor={m['tensor']}, per-chip batch {per_chip}, dtype {config.model.unet.dtype}, "
-              f"remat {config.model.unet.remat_policy}, attention {config.model.attention_impl}")
+              f"remat {config.model.unet.remat_policy}, attention {config.model.unet.attention_impl}")
     print(f"# {config.stage}:{config.variant} on {header}\n", flush=True)
     t0 = time.time()
     built = None

@@ -1,10 +1,12 @@
 """The one place where logical axis names meet the device mesh.
 
-Every parameter in the project carries logical axis names (``nnx.with_partitioning``); this
-module owns the single table that maps them to the mesh axes ``('data', 'fsdp', 'tensor')``,
-builds the mesh from a config, and derives ``NamedSharding``s from an abstract (``eval_shape``)
-state. A mesh axis that does not divide a dimension is dropped for that dimension (replicated)
-rather than failing, so tiny test models still shard over 8 devices.
+Every parameter in the project carries logical axis names (``nnx.with_partitioning``) and the
+UNet names its activations at block boundaries (:func:`constrain`); this module owns the single
+table that maps both to the mesh axes ``('data', 'fsdp', 'tensor')``, builds the mesh from a
+config, and derives ``NamedSharding``s from an abstract (``eval_shape``) state. A mesh axis that
+does not divide a dimension is dropped for that dimension (replicated) rather than failing, so
+tiny test models still shard over 8 devices. The sharded parameters themselves are built in one
+place, ``training/state.py`` ``ModelDef.init_params``.
 """
 from __future__ import annotations
 
@@ -14,22 +16,21 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AbstractMesh, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical name -> mesh axis (or tuple of axes, or None = replicated).
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
-    # activations
+    # activations: the UNet's [B, F, H, W, C] between blocks (constrain), the batch the
+    # pipeline feeds (batch_sharding), splash's and the sequence-parallel attention's shard_maps
     ("batch", ("data", "fsdp")),
-    ("frames", None),
-    ("frames_sp", "tensor"),  # sequence-parallel temporal attention shards frames here
-    ("length", None),
+    ("frames", None),   # model.unet.sequence_parallel_axis maps it (sequence_parallel_rules)
     ("height", None),
     ("width", None),
     ("act_embed", None),
-    # parameters
+    # parameters (and the heads axis of splash's shard_map)
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -38,8 +39,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("kernel", None),
     ("norm", None),
     ("vocab", None),
-    # conditioning input dims (K/V and projector inputs): over fsdp, else ("cond", "heads")
-    # kernels stay whole on every chip when tensor=1 (paper: 30 % of the params per chip, not 25 %)
+    # conditioning input dims (cross-attention K/V and projector inputs): over fsdp, else
+    # ("cond", "heads") kernels stay whole on every chip when tensor=1 (paper: 30 % of the
+    # params per chip, not 25 %)
     ("cond", "fsdp"),
 )
 
@@ -74,7 +76,7 @@ def make_mesh(shape: Sequence[int] | dict | None = None, devices=None) -> Mesh:
     return Mesh(dev, MESH_AXES)
 
 
-def _mesh_axes_size(mesh: Mesh, axes) -> int:
+def _mesh_axes_size(mesh: Mesh | AbstractMesh, axes) -> int:
     if axes is None:
         return 1
     if isinstance(axes, str):
@@ -82,7 +84,7 @@ def _mesh_axes_size(mesh: Mesh, axes) -> int:
     return int(np.prod([mesh.shape[a] for a in axes]))
 
 
-def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
+def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh | AbstractMesh,
                     rules=LOGICAL_AXIS_RULES) -> P:
     """PartitionSpec for one array: logical names -> mesh axes, dropping what does not divide."""
     if names is None:
@@ -108,7 +110,8 @@ def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], me
     return P(*out)
 
 
-def _names_of(var) -> tuple | None:
+def logical_names(var) -> tuple | None:
+    """A parameter's logical axis names (its partitioning metadata), or None."""
     meta = var.get_metadata() if hasattr(var, "get_metadata") else {}
     for key in ("out_sharding", "sharding_names", "sharding"):
         names = meta.get(key)
@@ -122,68 +125,65 @@ def state_shardings(abstract_state, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
 
     def one(var):
         value = var.get_value() if hasattr(var, "get_value") else var.value
-        names = _names_of(var)
+        names = logical_names(var)
         spec = logical_to_spec(names, value.shape, mesh, rules) if names else P()
         return NamedSharding(mesh, spec)
 
     return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def mesh_axes(name: str, mesh: Mesh | AbstractMesh, rules=LOGICAL_AXIS_RULES) -> tuple[str, ...]:
+    """The axes of ``mesh`` (of size > 1) that logical ``name`` maps to; () = replicated."""
+    axes = rules_dict(rules).get(name)
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
+
+
 def batch_sharding(mesh: Mesh, ndim: int, rules=LOGICAL_AXIS_RULES) -> NamedSharding:
-    """Leading axis over ``data x fsdp``, the rest replicated."""
-    axes = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1) or None
+    """Leading axis as the ``batch`` rule says (``data x fsdp``), the rest replicated."""
+    axes = mesh_axes("batch", mesh, rules) or None
     if axes is not None and len(axes) == 1:
         axes = axes[0]
     return NamedSharding(mesh, P(axes, *([None] * (ndim - 1))))
 
 
+def sequence_parallel_rules(axis: str, rules=LOGICAL_AXIS_RULES):
+    """The table with ``frames`` on mesh axis ``axis`` (``model.unet.sequence_parallel_axis``)
+    and ``axis`` taken out of ``batch``: one mesh axis cannot split two dimensions. ``""`` =
+    the table as it is (frames whole on every chip)."""
+    if not axis:
+        return rules
+    out = []
+    for name, axes in rules:
+        if name == "frames":
+            axes = axis
+        elif name == "batch" and axes is not None:
+            axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a != axis) or None
+        out.append((name, axes))
+    return tuple(out)
+
+
+def active_mesh() -> AbstractMesh | None:
+    """The mesh set by ``jax.set_mesh`` (what jitted code is sharded over), or None when there
+    is none or it has one device: then there is nothing to constrain."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty or mesh.size == 1 else mesh
+
+
+def constrain(x: jax.Array, names: Sequence[str | None], rules=LOGICAL_AXIS_RULES) -> jax.Array:
+    """``with_sharding_constraint`` by logical names (one per dimension of ``x``); the identity
+    outside a mesh.
+
+    Parameters alone leave XLA to guess how activations are laid out between blocks; pinning
+    the batch over ``data x fsdp`` (and frames over the sequence-parallel axis) at block
+    boundaries is what keeps a pod's activations split the way the rules table says (as
+    MaxDiffusion does)."""
+    mesh = active_mesh()
+    if mesh is None or mesh.manual_axes:   # no mesh, or inside a shard_map body
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)))
+
+
 def count_params(state) -> int:
     leaves = jax.tree.leaves(state)
     return int(sum(np.prod(x.shape) for x in leaves if hasattr(x, "shape")))
-
-
-def create_sharded(ctor, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
-    """Build ``ctor()`` (an nnx.Module factory) directly into its shardings: abstract first
-    (``nnx.eval_shape``), shardings from the logical names, then a jitted init whose outputs land
-    sharded, so a model bigger than one device never exists unsharded."""
-    abstract = nnx.eval_shape(ctor)
-    graphdef, abs_state = nnx.split(abstract)
-    shardings = state_shardings(abs_state, mesh, rules)
-
-    @jax.jit
-    def init():
-        return nnx.state(ctor())
-
-    with jax.set_mesh(mesh):
-        state = jax.jit(init, out_shardings=shardings)()
-    return nnx.merge(graphdef, state)
-
-
-def sequence_parallel_attention(mesh: Mesh, axis: str = "tensor"):
-    """Attention over the frame axis with frames sharded over ``axis`` (explicit collectives).
-
-    Inside ``jax.shard_map`` each device holds ``F / n`` query frames; K and V are all-gathered
-    along the frame axis so every query sees every frame. Memory for activations outside the
-    attention scales as ``F / n``, which is what lets long clips fit. ``q, k, v: [N, F, H, D]``.
-    """
-    batch_axes = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1 and a != axis)
-
-    def attention(q, k, v):
-        n_batch = _mesh_axes_size(mesh, batch_axes) if batch_axes else 1
-        lead = batch_axes if batch_axes and q.shape[0] % n_batch == 0 else None
-        if lead is not None and len(lead) == 1:
-            lead = lead[0]
-        if q.shape[1] % mesh.shape[axis]:
-            raise ValueError(f"sequence parallelism: {q.shape[1]} frames not divisible by mesh axis "
-                             f"{axis!r} of size {mesh.shape[axis]}")
-        spec = P(lead, axis, None, None)
-
-        def local(q, k, v):
-            k = jax.lax.all_gather(k, axis, axis=1, tiled=True)
-            v = jax.lax.all_gather(v, axis, axis=1, tiled=True)
-            from starcaster_jax.models.attention import dot_product_attention, temporal_implementation
-            return dot_product_attention(q, k, v, implementation=temporal_implementation(None))
-
-        return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec)(q, k, v)
-
-    return attention

@@ -14,8 +14,10 @@ are expected; its parameters are sharded like the trainer's).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -23,10 +25,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax._src import hardware_utils
+from jax.experimental import topologies
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from starcaster_jax import sharding as shd
+from starcaster_jax.inference.generate import Generator, SamplingSettings
+from starcaster_jax.models.attention import resolve_implementation
+from starcaster_jax.models.rngs import InitRngs
+from starcaster_jax.models.starcaster import STARCaster
+from starcaster_jax.models.unet import resolve_dtype
+from starcaster_jax.training import frozen as frozen_lib
+from starcaster_jax.training.step import Trainer
 
 SAMPLES_PER_FRAME = 640  # 16 kHz audio at 25 fps (data_pipelines)
 
@@ -85,7 +96,6 @@ def accelerator_type(name: str) -> str:
 def quiet_libtpu(name: str) -> None:
     """On a machine without TPU chips, tell libtpu what it would otherwise look up in the GCE
     metadata server (and warn about, several lines per process). Call before it loads."""
-    from jax._src import hardware_utils
     if hardware_utils.num_available_tpu_chips_and_device_id()[0]:
         return  # a real TPU VM: its own settings stand
     for k, v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", accelerator_type(name)),
@@ -96,7 +106,6 @@ def quiet_libtpu(name: str) -> None:
 def topology_devices(name: str, num_slices: int = 1) -> tuple[Chip, list]:
     """Real TPU device descriptions for ``name`` (needs libtpu), ordered slice-major so that the
     mesh's leading ``data`` axis spans slices (DCN) and ``fsdp``/``tensor`` stay inside one (ICI)."""
-    from jax.experimental import topologies
     chip, topo, bounds = parse_topology(name)
     try:
         desc = topologies.get_topology_desc(platform="tpu", topology_name=topo,
@@ -112,9 +121,7 @@ def topology_devices(name: str, num_slices: int = 1) -> tuple[Chip, list]:
 def resolve_for_tpu(config) -> None:
     """Fix the platform-dependent config choices to what a TPU run resolves them to (this host's
     default backend is not the target's)."""
-    from starcaster_jax.models.attention import resolve_implementation
-    from starcaster_jax.models.unet import resolve_dtype
-    config.model.attention_impl = resolve_implementation(config.model.attention_impl, "tpu")
+    config.model.unet.attention_impl = resolve_implementation(config.model.unet.attention_impl, "tpu")
     config.model.unet.dtype = resolve_dtype(config.model.unet.dtype, "tpu")
 
 
@@ -153,7 +160,6 @@ def abstract_batch(config, mesh, kind: str, window_frames: int) -> dict:
 
 def abstract_frozen(config):
     """(graphdefs, abstract states) of the frozen networks, built with ``nnx.eval_shape``."""
-    from starcaster_jax.training import frozen as frozen_lib
     nets = nnx.eval_shape(lambda: frozen_lib.build_frozen(config))
     return frozen_lib.split_frozen(nets)
 
@@ -196,7 +202,6 @@ def _state_groups(state) -> dict:
 def abstract_trainer(config, mesh):
     """-> (Trainer, abstract frozen states): the Trainer with abstract frozen networks (no
     weight is ever built), frozen states replicated as the trainer's are."""
-    from starcaster_jax.training.step import Trainer
     if not _separate_update(config):
         raise NotImplementedError("train_compile plans optim.update_program='separate' (the default); "
                                   "the fused program is not broken down into gradients and update")
@@ -253,9 +258,6 @@ def _separate_update(config) -> bool:
 def generation_program(config, mesh) -> Program:
     """The generation chunk program (inference/generate.py's one jitted chunk sampler), lowered
     with abstract weights: the model's sharded by the logical-axis rules, frozen nets replicated."""
-    from starcaster_jax.inference.generate import Generator, SamplingSettings
-    from starcaster_jax.models.rngs import InitRngs
-    from starcaster_jax.models.starcaster import STARCaster
     model = nnx.eval_shape(lambda: STARCaster(config.model, rngs=InitRngs(jax.random.key(0, impl="rbg"))))
     graphdefs, frozen = abstract_frozen(config)
     nets = {k: nnx.merge(graphdefs[k], frozen[k]) for k in graphdefs}
@@ -515,8 +517,6 @@ def compile_program(prog: Program):
         return compiled, compiled.as_text()
     except Exception:  # noqa: BLE001 - any printer failure: fall back to the dump
         pass
-    import glob
-    import tempfile
     with tempfile.TemporaryDirectory() as d:
         again = prog.lowered.compile(compiler_options={"xla_dump_to": d, "xla_dump_hlo_as_text": True})
         files = sorted(glob.glob(os.path.join(d, "*.after_optimizations.txt")), key=os.path.getsize)

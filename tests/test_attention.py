@@ -1,10 +1,24 @@
-"""The one attention function: every implementation computes the same thing."""
+"""The one attention function: every implementation computes the same thing, and the backend
+is a field of the config-built module (no process-wide setting)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from starcaster_jax.models.attention import dot_product_attention, set_attention_implementation
+from configs import stage1_motion
+from starcaster_jax.models import attention as attention_lib
+from starcaster_jax.models.attention import (
+    Attention,
+    dot_product_attention,
+    resolve_implementation,
+    splash_attention,
+    temporal_implementation,
+)
+from starcaster_jax.models.rngs import InitRngs
+from starcaster_jax.models.starcaster import STARCaster
+from starcaster_jax.models.temporal import FrameAttention
+from starcaster_jax.models.unet import UNetConfig
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
@@ -20,16 +34,35 @@ def test_einsum_equals_xla(with_mask):
 
 
 def test_bad_implementation_is_a_clear_error():
-    with pytest.raises(ValueError, match="attention_impl"):
-        set_attention_implementation("flash9000")
+    with pytest.raises(ValueError, match="model.unet.attention_impl"):
+        UNetConfig(attention_impl="flash9000")
+
+
+def test_backend_is_the_modules_own_field(monkeypatch):
+    """``model.unet.attention_impl`` is recorded on every attention module the config builds
+    (spatial and temporal), so what a graph runs does not depend on what else the process built."""
+    def modules(impl):
+        c = stage1_motion.get_config("micro")
+        c.model.unet.attention_impl = impl
+        model = nnx.eval_shape(lambda: STARCaster(c.model, rngs=InitRngs(0)))
+        return [m for _, m in model.iter_modules() if isinstance(m, (Attention, FrameAttention))]
+
+    xla, einsum = modules("xla"), modules("einsum")          # built in this order, in one process
+    assert xla and {m.implementation for m in xla} == {"xla"}
+    assert {m.implementation for m in einsum} == {"einsum"}
+    calls = []
+    real = attention_lib._einsum_attention
+    monkeypatch.setattr(attention_lib, "_einsum_attention", lambda *a: calls.append(1) or real(*a))
+    x = jnp.ones((1, 5, 16))
+    attn = lambda impl: Attention(16, heads=2, rngs=InitRngs(0), implementation=impl)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(attn("xla")(x)), np.asarray(attn("einsum")(x)), rtol=1e-5, atol=1e-6)
+    assert len(calls) == 1                                      # only the einsum module ran einsum
 
 
 # -- splash attention (TPU kernel) in Pallas' TPU interpret mode, against the reference --------
 # ``interpret=True`` (Pallas' generic interpreter): ``pltpu.InterpretParams()`` (the TPU
 # interpreter) fails under the kernel's vmap here (jax 0.10.2: grid/semantics length mismatch).
 INTERPRET = True
-
-from starcaster_jax.models.attention import resolve_implementation, splash_attention, temporal_implementation  # noqa: E402
 
 
 def _splash_case(dtype, lq, lk):

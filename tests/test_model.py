@@ -1,12 +1,21 @@
-"""The trainable STARCaster module end to end at `tiny`: every conditioning path reaches the output."""
+"""The trainable STARCaster module end to end at `tiny`: every conditioning path reaches the
+output; the UNet's odd latent sizes and its remat policy."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from configs import stage2_audio
+from starcaster_jax.models.blocks import _nearest_index
 from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.models.starcaster import STARCaster, audio_feature_shape
+from starcaster_jax.models.unet import UNet, UNetConfig
+
+ODD_CFG = UNetConfig(block_out_channels=(8, 16, 16), cross_attn_blocks=(True, False, False),
+                     layers_per_block=1, num_attention_heads=2, cross_attention_dim=8, norm_num_groups=4,
+                     motion_num_attention_heads=2, motion_max_seq_length=8, audio_dim=8, view_dim=8)
 
 
 def test_tiny_forward_all_conditions():
@@ -42,15 +51,25 @@ def test_tiny_forward_all_conditions():
 def test_unet_latent_not_a_multiple_of_the_downsampling_factor():
     """13x21 goes down to 7x11 and 4x6 and comes back up to each skip's size (as diffusers'
     ``upsample_size``), not to 8x12 / 14x22 (the concatenation with the skip would fail)."""
-    from starcaster_jax.models.unet import UNet, UNetConfig
-    cfg = UNetConfig(block_out_channels=(8, 16, 16), cross_attn_blocks=(True, False, False),
-                     layers_per_block=1, num_attention_heads=2, cross_attention_dim=8, norm_num_groups=4,
-                     motion_num_attention_heads=2, motion_max_seq_length=8, audio_dim=8, view_dim=8)
-    model = UNet(cfg, rngs=InitRngs(0))
+    model = UNet(ODD_CFG, rngs=InitRngs(0))
     x = jax.random.normal(jax.random.key(0), (1, 2, 13, 21, 4))
     y = model(x, jnp.array([500.0]), id_tokens=jnp.ones((1, 3, 8)))
     assert y.shape == x.shape and np.isfinite(np.asarray(y)).all()
     # the general nearest rule is the plain x2 repeat when the size is exactly doubled
-    from starcaster_jax.models.blocks import _nearest_index
     np.testing.assert_array_equal(_nearest_index(4, 8), np.repeat(np.arange(4), 2))
     np.testing.assert_array_equal(_nearest_index(4, 7), [0, 0, 1, 1, 2, 2, 3])
+
+
+def test_every_block_mid_included_runs_under_the_remat_policy():
+    """``model.unet.remat_policy``: each down/up layer and the mid block is one checkpointed
+    region of the forward (3 stages x 1 down layer, the mid block, 3 x 2 up layers = 10)."""
+    x = jnp.ones((1, 2, 8, 8, 4))
+
+    def regions(policy):
+        model = UNet(dataclasses.replace(ODD_CFG, remat_policy=policy), rngs=InitRngs(0))
+        graphdef, state = nnx.split(model)
+        jaxpr = jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(x, jnp.array([500.0])))(state)
+        return [e for e in jaxpr.jaxpr.eqns if e.primitive.name.startswith(("checkpoint", "remat"))]
+
+    assert regions("none") == []
+    assert len(regions("full")) == len(regions("dots")) == 3 + 1 + 6   # 9 if the mid block ran bare

@@ -36,7 +36,7 @@ def _tiny_config():
     c = stage2_audio.get_config("tiny")
     c.mesh.fsdp = FSDP
     c.data.batch_size = FSDP          # one sample per chip
-    c.model.attention_impl = "splash"
+    c.model.unet.attention_impl = "splash"
     tp.resolve_for_tpu(c)
     return c
 

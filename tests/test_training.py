@@ -5,26 +5,43 @@ Compiles are the cost here: every test that runs a step shares the same stage-1 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs import common, stage1_motion, stage2_audio, stage3_views
+from data_pipelines.pipeline import make_train_iterator
+from data_pipelines.synthetic import build
+from starcaster_jax import inference as G
+from starcaster_jax.inference import export as E
+from starcaster_jax.inference import serve as S
+from starcaster_jax.models.rngs import InitRngs
+from starcaster_jax.models.starcaster import STARCaster
+from starcaster_jax.sharding import make_mesh
 from starcaster_jax.training import lora as lora_lib
+from starcaster_jax.training import losses as L
 from starcaster_jax.training import optim
+from starcaster_jax.training.checkpoint import Checkpointer, load_for_inference, restore_params
+from starcaster_jax.training.frozen import build_frozen, merge_frozen
+from starcaster_jax.training.loop import data_config, train
+from starcaster_jax.training.optim import tree_paths
+from starcaster_jax.training.self_forcing import SelfForcingConfig
+from starcaster_jax.training.step import Trainer, TwoProgramStep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from data_pipelines.synthetic import build
     d = str(tmp_path_factory.mktemp("corpus"))
     assert build.main(["--out", d, "--preset", "tiny"]) == 0
     return d
@@ -127,12 +144,6 @@ def test_ablations_change_what_the_step_does():
     """Each ablation's effect on the video step's loss and on what it feeds the model (a
     recording stand-in denoiser, the real frozen networks at ``micro``), and on the step
     dispatch, against the full method; not the config flags read back."""
-    from types import SimpleNamespace
-
-    from starcaster_jax.training import losses as L
-    from starcaster_jax.training.frozen import build_frozen
-    from starcaster_jax.training.self_forcing import SelfForcingConfig
-    from starcaster_jax.training.step import Trainer
     b, draws = 16, 3
     base = stage2_audio.get_config("micro")
     nets = build_frozen(base)         # ablations change no frozen network
@@ -203,8 +214,6 @@ def test_ablations_change_what_the_step_does():
 @pytest.mark.parametrize("name", sorted(common.ABLATIONS))
 def test_every_ablation_builds_its_steps(name):
     """Each ablation builds a Trainer and traces (lowers) every step it can dispatch to."""
-    from starcaster_jax.sharding import make_mesh
-    from starcaster_jax.training.step import Trainer
     stage = stage3_views if name == "full_finetune_stage3" else stage2_audio
     c = micro(stage, f"micro,ablation={name}")
     tr = Trainer(c, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
@@ -220,7 +229,8 @@ def test_every_ablation_builds_its_steps(name):
     assert tr.lc.use_view == (name != "no_view_embedding")
 
 
-def fake_batch(tr, kind):
+def host_batch(tr, kind):
+    """One process's batch of ``kind``'s stream, as the pipeline yields it (numpy)."""
     c = tr.config
     b, r, w = int(c.data.batch_size), int(c.data.resolution), int(c.model.audio.window)
     t = tr.window_frames() if kind != "multiview" else int(c.data.num_views)
@@ -233,7 +243,52 @@ def fake_batch(tr, kind):
                  mouth_box=np.tile(np.array([r * .3, r * .6, r * .7, r * .8], np.float32), (b, t, 1)),
                  identity=rng.normal(size=(b, 48)).astype(np.float32),
                  id_vector=rng.normal(size=(b, 48)).astype(np.float32))
-    return tr.global_batch(batch)
+    return batch
+
+
+def fake_batch(tr, kind):
+    return tr.global_batch(host_batch(tr, kind))
+
+
+class _FakeProgram:
+    """Stands in for a compiled step: records its kind, costs 10 FLOPs, counts steps."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def cost_analysis(self):
+        return {"flops": 10.0}
+
+    def __call__(self, state, frozen_states, batch):
+        assert all(isinstance(v, jax.Array) for v in batch.values())   # the global batch
+        return state + 1, {"ran": self.kind}
+
+
+def test_trainer_step_owns_the_step_kinds(monkeypatch):
+    """``Trainer.step(state, host_batch, step)`` is all the loop calls: it picks the kind (the
+    stream, and self-forcing's deterministic draw for video), makes the global batch, compiles
+    video and video_sf together on the first video batch (once), and says which kind ran."""
+    c = micro(stage2_audio)                        # self-forcing on: video batches draw video_sf too
+    tr = Trainer(c, make_mesh((1, 1, 1), devices=jax.devices()[:1]), frozen_nets={})
+    compiles = []
+
+    def precompile(batches):
+        compiles.append(sorted(batches))
+        for k in batches:
+            tr._compiled_aot[k] = _FakeProgram(k)
+
+    monkeypatch.setattr(tr, "precompile", precompile)
+    video, multiview = host_batch(tr, "video"), host_batch(tr, "multiview")
+    state, kinds = 0, []
+    for s in range(40):
+        state, m, kind = tr.step(state, multiview if s == 20 else video, s)
+        assert m["ran"] == kind
+        kinds.append(kind)
+    assert state == 40
+    assert compiles == [["video", "video_sf"], ["multiview"]]
+    assert kinds[20] == "multiview" and {"video", "video_sf"} == set(kinds) - {"multiview"}
+    assert kinds == [tr.kind_for(multiview if s == 20 else video, s) for s in range(40)]   # replayable
+    assert tr.flops == {"video": 10.0, "video_sf": 10.0, "multiview": 10.0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,11 +298,6 @@ def fake_batch(tr, kind):
 def test_loss_falls_on_the_builtin_corpus(corpus, tmp_path):
     """Train 60 steps on the corpus; the loss of a fixed batch under fixed noise (8 draws of
     noise/t/dropout) must fall by a margin measured at ~40% (asserted: 20%)."""
-    from data_pipelines.pipeline import make_train_iterator
-    from starcaster_jax.sharding import make_mesh
-    from starcaster_jax.training.checkpoint import restore_params
-    from starcaster_jax.training.loop import data_config, train
-    from starcaster_jax.training.step import Trainer
     c = micro(root=corpus, total_steps=60, every_steps=60, log_every=10, lr=2e-3)
     c.train.p_drop_view = 0.0
     s = train(c, str(tmp_path / "wd"))
@@ -265,10 +315,6 @@ def test_loss_falls_on_the_builtin_corpus(corpus, tmp_path):
 
 
 def test_nan_batch_update_is_skipped_and_counted(corpus):
-    from data_pipelines.pipeline import make_train_iterator
-    from starcaster_jax.sharding import make_mesh
-    from starcaster_jax.training.loop import data_config
-    from starcaster_jax.training.step import Trainer
     c = micro(root=corpus)
     tr = Trainer(c, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
     batch = next(make_train_iterator(data_config(c, tr)))
@@ -276,10 +322,11 @@ def test_nan_batch_update_is_skipped_and_counted(corpus):
     before = jax.device_get(state.params)
     bad = dict(batch, frames=np.where(np.arange(batch["frames"].shape[1])[None, :, None, None, None] == 2,
                                       np.nan, batch["frames"]).astype(np.float32))
-    state, m = tr.step(state, tr.global_batch(bad), "video")
+    state, m, kind = tr.step(state, bad, 0)
+    assert kind == "video"
     assert float(m["update_skipped"]) == 1.0 and int(state.skipped) == 1 and int(state.step) == 1
     assert leaves_equal(jax.device_get(state.params), before)
-    state, m = tr.step(state, tr.global_batch(batch), "video")
+    state, m, _ = tr.step(state, batch, 1)
     assert float(m["update_skipped"]) == 0.0 and int(state.skipped) == 1
     assert not leaves_equal(jax.device_get(state.params), before)
 
@@ -287,8 +334,6 @@ def test_nan_batch_update_is_skipped_and_counted(corpus):
 def test_separate_update_program_equals_the_fused_step():
     """optim.update_program: the two-program step (gradients, then the update program every
     stream shares) takes the same two steps as one fused program."""
-    from starcaster_jax.sharding import make_mesh
-    from starcaster_jax.training.step import Trainer, TwoProgramStep
     out = {}
     for mode in ("separate", "fused"):
         c = micro()
@@ -301,7 +346,7 @@ def test_separate_update_program_equals_the_fused_step():
             assert steps["video"].update is steps["multiview"].update
         state, metrics = tr.init_state(), []
         for _ in range(2):
-            state, m = tr.step(state, batch, "video")
+            state, m = tr.step_kind(state, batch, "video")
             metrics.append(jax.device_get(m))
         out[mode] = (jax.device_get(state), metrics)
     (s_sep, m_sep), (s_fus, m_fus) = out["separate"], out["fused"]
@@ -330,15 +375,30 @@ def _env(devices=1):
     return env
 
 
+# `python -m launch.train` with every train step slowed by 1 s (Trainer.step wrapped in this
+# process only), so a kill -9 lands between two checkpoints; the production loop has no hook.
+_SLOW_TRAIN = """
+import runpy, time
+from starcaster_jax.training import step as step_lib
+_step = step_lib.Trainer.step
+def slow_step(self, *args, **kwargs):
+    out = _step(self, *args, **kwargs)
+    time.sleep(1.0)
+    return out
+step_lib.Trainer.step = slow_step
+runpy.run_module("launch.train", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_kill9_after_checkpoint_resumes_bit_exact(corpus, tmp_path):
     """2k steps straight == k steps, kill -9, resume, k more: identical params and data order."""
-    from starcaster_jax.training.checkpoint import restore_params
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_train_cmd(straight, corpus), check=True, cwd=REPO, env=_env(),
                    capture_output=True)
-    # Slow the victim's steps down so the kill lands between checkpoints 3 and 6.
-    p = subprocess.Popen(_train_cmd(killed, corpus, "--config.ckpt.async_save=False"), cwd=REPO,
-                         env=dict(_env(), STARCASTER_STEP_DELAY_S="1.0"),
+    # The victim's steps are slowed down so the kill lands between checkpoints 3 and 6.
+    victim = _train_cmd(killed, corpus, "--config.ckpt.async_save=False")
+    assert victim[1:3] == ["-m", "launch.train"]
+    p = subprocess.Popen([sys.executable, "-c", _SLOW_TRAIN, *victim[3:]], cwd=REPO, env=_env(),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ck3 = killed / "checkpoints" / "3"
     t0 = time.time()
@@ -362,8 +422,6 @@ def test_kill9_after_checkpoint_resumes_bit_exact(corpus, tmp_path):
 
 @pytest.mark.slow  # several full-step compiles: `make test-slow`
 def test_stages_chain_and_lora_trains_only_adapters(corpus, tmp_path):
-    from starcaster_jax.training.checkpoint import restore_params
-    from starcaster_jax.training.loop import train
     s1, s2, s3 = (str(tmp_path / n) for n in ("s1", "s2", "s3"))
     train(micro(root=corpus, total_steps=2, every_steps=2), s1)
     c2 = micro(stage2_audio, root=corpus, total_steps=2, every_steps=2, init_from=s1)
@@ -377,12 +435,10 @@ def test_stages_chain_and_lora_trains_only_adapters(corpus, tmp_path):
     p2, _, _ = restore_params(s2, use_ema=False)
     assert not leaves_equal(p1, p2)                      # stage 2 trained on from stage 1
     p3, cfg3, _ = restore_params(s3, use_ema=False)      # LoRA merged in
-    from starcaster_jax.training.optim import tree_paths
     flat2 = dict(zip(tree_paths(p2), jax.tree.leaves(p2)))
     flat3 = dict(zip(tree_paths(p3), jax.tree.leaves(p3)))
     changed = [k for k in flat2 if not np.array_equal(flat2[k], flat3[k])]
     assert changed, "stage 3 changed nothing"
-    import re
     # the adapters themselves reached the checkpoint: a LoRA target changed (the view layers of
     # also_train changing alone would pass the "allowed" check below with the adapters dropped)
     assert any(re.search(cfg3.lora.targets, k) for k in changed), changed[:5]
@@ -392,10 +448,6 @@ def test_stages_chain_and_lora_trains_only_adapters(corpus, tmp_path):
 
 @pytest.mark.slow  # several full-step compiles: `make test-slow`
 def test_sharded_step_equals_unsharded(corpus):
-    from data_pipelines.pipeline import make_train_iterator
-    from starcaster_jax.sharding import make_mesh
-    from starcaster_jax.training.loop import data_config
-    from starcaster_jax.training.step import Trainer
     c = micro(root=corpus)
     c.data.batch_size = 8
     results = []
@@ -403,8 +455,9 @@ def test_sharded_step_equals_unsharded(corpus):
         tr = Trainer(c, mesh)
         it = make_train_iterator(data_config(c, tr))
         state = tr.init_state()
-        for _ in range(2):
-            state, m = tr.step(state, tr.global_batch(next(it)), "video")
+        for s in range(2):
+            state, m, kind = tr.step(state, next(it), s)
+            assert kind == "video"
         results.append((float(m["loss"]), jax.device_get(state.params)))
     (l1, p1), (l8, p8) = results
     print(f"sharded vs unsharded loss rel err {abs(l1 - l8) / abs(l1):.2e}")
@@ -422,18 +475,6 @@ def test_lora_round_trip_restore_init_from_and_export_equal_the_trainers_model(t
     trainer's merged model — and visibly differ from the base without the adapters, so a restore
     or export that drops them fails here. The model starts from random-filled params (every path
     live: the zero-initialised ``proj_out`` would hide the temporal kernels the adapters target)."""
-    from flax import nnx
-
-    from starcaster_jax.inference import export as E
-    from starcaster_jax.inference import generate as G
-    from starcaster_jax.inference import serve as S
-    from starcaster_jax.models.rngs import InitRngs
-    from starcaster_jax.models.starcaster import STARCaster
-    from starcaster_jax.sharding import make_mesh
-    from starcaster_jax.training.checkpoint import Checkpointer, load_for_inference, restore_params
-    from starcaster_jax.training.frozen import merge_frozen
-    from starcaster_jax.training.optim import tree_paths
-    from starcaster_jax.training.step import Trainer
     c = micro(stage3_views, lr=1e-2)
     c.self_forcing.enabled = False
     c.train.lip_weight = 0.0
@@ -443,9 +484,9 @@ def test_lora_round_trip_restore_init_from_and_export_equal_the_trainers_model(t
     assert tr.lora is not None
     live = nnx.to_pure_dict(nnx.state(G.random_module(lambda: STARCaster(c.model, rngs=InitRngs(0)), 3), nnx.Param))
     state = tr.init_state(jax.device_put(live, tr.mdef.param_shardings))
-    for kind in ("multiview", "video"):
-        state, m = tr.step(state, fake_batch(tr, kind), kind)
-        assert float(m["update_skipped"]) == 0.0
+    for s, want_kind in enumerate(("multiview", "video")):
+        state, m, kind = tr.step(state, host_batch(tr, want_kind), s)
+        assert kind == want_kind and float(m["update_skipped"]) == 0.0
     params = jax.device_get(state.params)
     merged = lora_lib.merge(params["model"], params["lora"], tr.lora_scale)
     flat = lambda t: dict(zip(tree_paths(t), jax.tree.leaves(t)))  # noqa: E731

@@ -13,7 +13,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from starcaster_jax.models.rngs import InitRngs  # noqa: E402
-from starcaster_jax.models.unet import UNet  # noqa: E402
+from starcaster_jax.models.unet import UNet, UNetConfig  # noqa: E402
 from starcaster_jax.weights.common import WeightImportError  # noqa: E402
 from starcaster_jax.weights.unet import load_unet, load_unet_weights  # noqa: E402
 
@@ -157,7 +157,6 @@ def test_motion_adapter_import_into_spatial_model(tmp_path):
 
 
 def _cfg_small():
-    from starcaster_jax.models.unet import UNetConfig
     return UNetConfig(block_out_channels=(32, 64), cross_attn_blocks=(True, False), layers_per_block=1,
                       num_attention_heads=4, cross_attention_dim=24, norm_num_groups=8,
                       motion_num_attention_heads=4, motion_max_seq_length=16, audio_dim=16, view_dim=16)

@@ -1,10 +1,11 @@
-"""The one attention function every block uses, the per-platform backend choice, and the
-multi-head attention module.
+"""The one attention function every block uses, the per-platform backend choice, the
+sequence-parallel frame attention and the multi-head attention module.
 
 ``dot_product_attention`` dispatches to one backend, chosen in ONE place (``PLATFORM_DEFAULT``,
-overridable by ``model.attention_impl``): einsum/XLA on CPU, cuDNN flash attention on GPU, Pallas
-splash attention on TPU. The choice is stored on each ``Attention`` module (a static attribute
-of the model graph), so training, inference and export run the same kernels.
+overridable by ``model.unet.attention_impl``): einsum/XLA on CPU, cuDNN flash attention on GPU,
+Pallas splash attention on TPU. The choice is a field of the UNet's config, stored on each
+attention module (a static attribute of the model graph), so training, inference and export
+build the same module and run the same kernels; no process-wide setting.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import numpy as np
 from flax import nnx
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
-from jax.sharding import PartitionSpec as P
 
+from starcaster_jax import sharding as shd
 from starcaster_jax.models.layers import Dense
 
 # "" = the platform's default (PLATFORM_DEFAULT below).
@@ -23,28 +24,20 @@ IMPLEMENTATIONS = ("", "xla", "cudnn", "einsum", "splash")
 # The one table of backends per platform. CPU: einsum (same maths as XLA's, faster on XLA:CPU);
 # GPU: cuDNN flash attention (half precision only; f32 inputs run XLA's); TPU: splash.
 PLATFORM_DEFAULT = {"cpu": "einsum", "gpu": "cudnn", "tpu": "splash"}
-# Process-wide fallback for modules built with implementation="" (set by the Trainer from config).
-_IMPLEMENTATION: list[str] = [""]
 
 
-def _check(impl: str | None) -> str:
+def check_implementation(impl: str | None) -> str:
+    """``model.unet.attention_impl`` validated (None -> "")."""
     impl = impl or ""
     if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"model.attention_impl: expected one of {IMPLEMENTATIONS}, got {impl!r}")
+        raise ValueError(f"model.unet.attention_impl: expected one of {IMPLEMENTATIONS}, got {impl!r}")
     return impl
 
 
-def set_attention_implementation(impl: str | None) -> None:
-    _IMPLEMENTATION[0] = _check(impl)
-
-
 def resolve_implementation(impl: str | None, platform: str | None = None) -> str:
-    """``model.attention_impl`` -> a concrete backend for ``platform`` (default: JAX's default
-    backend; pass the target's platform when compiling ahead of time for another machine)."""
-    impl = _check(impl) or _IMPLEMENTATION[0]
-    if impl:
-        return impl
-    return PLATFORM_DEFAULT.get(platform or jax.default_backend(), "xla")
+    """``model.unet.attention_impl`` -> a concrete backend for ``platform`` (default: JAX's
+    default backend; pass the target's platform when compiling ahead of time for another machine)."""
+    return check_implementation(impl) or PLATFORM_DEFAULT.get(platform or jax.default_backend(), "xla")
 
 
 def temporal_implementation(impl: str | None, platform: str | None = None) -> str:
@@ -60,9 +53,8 @@ def temporal_implementation(impl: str | None, platform: str | None = None) -> st
 
 
 def _einsum_attention(q, k, v, mask=None):
-    """Heads-major einsum attention. On XLA:CPU this is ~1.75x faster than
-    ``jax.nn.dot_product_attention`` at 1024 tokens with small heads (measured: 218 vs 381 ms
-    for [8, 1024, 8, 8]); same maths, so parity is unaffected."""
+    """Heads-major einsum attention: XLA:CPU runs it faster than ``jax.nn.dot_product_attention``
+    at long sequences with small heads; same maths, so parity is unaffected."""
     qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))                 # [B, H, L, D]
     s = jnp.einsum("bhqd,bhkd->bhqk", qt, kt) * (q.shape[-1] ** -0.5)       # [B, H, Lq, Lk]
     if mask is not None:
@@ -123,12 +115,12 @@ def _splash_kernel(heads: int, lq: int, lk: int, lk_valid: int, bq: int, bkv: in
 def splash_attention(q, k, v, *, interpret=False):
     """Pallas splash attention with our layout: ``q: [B, Lq, H, D]``, ``k, v: [B, Lk, H, D]``.
 
-    Under a mesh (``jax.set_mesh``) the kernel runs inside ``jax.shard_map``, batch over
-    ``data x fsdp`` and heads over ``tensor`` where they divide: XLA cannot partition a custom
-    kernel and would otherwise gather the activations onto every chip. ``interpret`` runs the
-    kernel on CPU (numerics tests; ``True`` or a ``pltpu.InterpretParams``).
+    Under a mesh (``jax.set_mesh``) the kernel runs inside ``jax.shard_map``, batch and heads
+    split as the rules table says (``data x fsdp``, ``tensor``) where they divide: XLA cannot
+    partition a custom kernel and would otherwise gather the activations onto every chip.
+    ``interpret`` runs the kernel on CPU (numerics tests; ``True`` or a ``pltpu.InterpretParams``).
     """
-    b, lq, h, d = q.shape
+    _, lq, _, d = q.shape
     lk = k.shape[1]
     bq, bkv = splash_block(lq), splash_block(lk)
     lq_p, lk_p = _pad_to(lq, bq), _pad_to(lk, bkv)
@@ -144,40 +136,76 @@ def splash_attention(q, k, v, *, interpret=False):
         kernel = _splash_kernel(qt.shape[1], lq_p, lk_p, lk, bq, bkv, interpret)
         return jax.vmap(kernel)(qt, kt, vt)
 
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
+    mesh = shd.active_mesh()
+    if mesh is None:
         o = local(qt, kt, vt)
-    else:
-        names = dict(zip(mesh.axis_names, mesh.axis_sizes))
-        batch = tuple(a for a in ("data", "fsdp") if names.get(a, 1) > 1)
-        while batch and b % int(np.prod([names[a] for a in batch])):
-            batch = batch[:-1]
-        head_axis = "tensor" if names.get("tensor", 1) > 1 and h % names["tensor"] == 0 else None
-        spec = P(batch or None, head_axis, None, None)
+    else:  # batch and heads split as the rules table says, where they divide
+        spec = shd.logical_to_spec(("batch", "heads", None, None), qt.shape, mesh)
         o = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
                           check_vma=False)(qt, kt, vt)
     return jnp.swapaxes(o[:, :, :lq], 1, 2)           # [B, Lq, H, D]
 
 
+def frame_attention(q, k, v, *, implementation: str = "", sequence_axis: str = ""):
+    """Self-attention along the frame axis, ``q, k, v: [N, F, H, D]`` (N = batch x positions)
+    -> ``[N, F, H, D]``; sequence-parallel over ``sequence_axis`` when it is set and a mesh is."""
+    if sequence_axis:
+        return sequence_parallel_attention(q, k, v, axis=sequence_axis, implementation=implementation)
+    return dot_product_attention(q, k, v, implementation=temporal_implementation(implementation))
+
+
+def sequence_parallel_attention(q, k, v, *, axis: str, implementation: str = "",
+                                rules=shd.LOGICAL_AXIS_RULES):
+    """Attention over the frame axis with frames sharded over mesh axis ``axis`` (explicit
+    collectives), ``q, k, v: [N, F, H, D]``.
+
+    Inside ``jax.shard_map`` each device holds ``F / n`` query frames; K and V are all-gathered
+    along the frame axis so every query sees every frame. Memory for activations outside the
+    attention scales as ``F / n``, which is what lets long clips fit. The mesh is the one
+    ``jax.set_mesh`` set (the abstract mesh of the trace), and the rules table says how the rest
+    is split; with no mesh (or ``axis`` of size 1) this is the plain attention, so the module
+    built from one config runs on one device and on a pod alike.
+    """
+    impl = temporal_implementation(implementation)
+    mesh = shd.active_mesh()
+    if mesh is None or mesh.shape.get(axis, 1) == 1:
+        return dot_product_attention(q, k, v, implementation=impl)
+    if q.shape[1] % mesh.shape[axis]:
+        raise ValueError(f"sequence parallelism: {q.shape[1]} frames not divisible by mesh axis "
+                         f"{axis!r} of size {mesh.shape[axis]}")
+    spec = shd.logical_to_spec(("batch", "frames", None, None), q.shape, mesh,
+                               shd.sequence_parallel_rules(axis, rules))
+
+    def local(q, k, v):                                   # q: [N/b, F/n, H, D]
+        k = jax.lax.all_gather(k, axis, axis=1, tiled=True)   # [N/b, F, H, D]
+        v = jax.lax.all_gather(v, axis, axis=1, tiled=True)
+        return dot_product_attention(q, k, v, implementation=impl)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec)(q, k, v)
+
+
 class Attention(nnx.Module):
     """diffusers ``Attention`` layout: to_q/to_k/to_v (no bias), to_out (bias).
 
-    ``implementation``: ``model.attention_impl`` ("" = the platform default, resolved when traced).
-    ``zero_out=True`` zero-initialises the output projection, so a newly added block starts as
-    the identity of its residual branch (needed for exact parity with an imported base model).
+    ``implementation``: ``model.unet.attention_impl`` ("" = the platform default, resolved when
+    traced). ``zero_out=True`` zero-initialises the output projection, so a newly added block
+    starts as the identity of its residual branch (needed for exact parity with an imported base
+    model). Self-attention (no ``context_dim``) reads K/V from the tokens themselves, so their
+    kernels are labelled like Q's (``embed``); cross-attention's read the condition (``cond``).
     """
 
     def __init__(self, query_dim: int, *, context_dim: int | None = None, heads: int = 8,
                  head_dim: int | None = None, qkv_bias: bool = False, out_bias: bool = True,
                  zero_out: bool = False, rngs: nnx.Rngs, dtype=None, implementation: str = ""):
+        kv_in = "embed" if context_dim is None else "cond"
         context_dim = context_dim or query_dim
         head_dim = head_dim or query_dim // heads
         inner = heads * head_dim
         self.heads, self.head_dim = heads, head_dim
-        self.implementation = _check(implementation)  # static: part of the model graph
+        self.implementation = check_implementation(implementation)  # static: part of the model graph
         self.to_q = Dense(query_dim, inner, use_bias=qkv_bias, names=("embed", "heads"), rngs=rngs, dtype=dtype)
-        self.to_k = Dense(context_dim, inner, use_bias=qkv_bias, names=("cond", "heads"), rngs=rngs, dtype=dtype)
-        self.to_v = Dense(context_dim, inner, use_bias=qkv_bias, names=("cond", "heads"), rngs=rngs, dtype=dtype)
+        self.to_k = Dense(context_dim, inner, use_bias=qkv_bias, names=(kv_in, "heads"), rngs=rngs, dtype=dtype)
+        self.to_v = Dense(context_dim, inner, use_bias=qkv_bias, names=(kv_in, "heads"), rngs=rngs, dtype=dtype)
         self.to_out = Dense(inner, query_dim, use_bias=out_bias, names=("heads", "embed"),
                             zero=zero_out, rngs=rngs, dtype=dtype)
 

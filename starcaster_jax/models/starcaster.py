@@ -11,14 +11,14 @@ import ml_collections as mlc
 from flax import nnx
 
 from starcaster_jax.models.audio.alignment import AudioProjector
+from starcaster_jax.models.audio.builtin import BuiltinAudioConfig
+from starcaster_jax.models.audio.wav2vec2 import Wav2Vec2Config
 from starcaster_jax.models.conditioning import IdentityProjector
 from starcaster_jax.models.unet import UNet, UNetConfig
 
 
 def audio_feature_shape(audio_cfg) -> tuple[int, int]:
     """(num hidden states L, hidden size D) the projector receives for this audio config."""
-    from starcaster_jax.models.audio.builtin import BuiltinAudioConfig
-    from starcaster_jax.models.audio.wav2vec2 import Wav2Vec2Config
     if audio_cfg.encoder == "builtin":
         bc = BuiltinAudioConfig.from_dict(dict(audio_cfg.builtin))
         n, d = bc.num_layers + 1, bc.hidden_size
@@ -33,7 +33,7 @@ class STARCaster(nnx.Module):
     """``unet`` + ``id_proj`` (identity embedding -> tokens) + ``audio_proj`` (feature windows -> tokens)."""
 
     def __init__(self, model_cfg: mlc.ConfigDict, *, rngs: nnx.Rngs):
-        ucfg = UNetConfig.from_dict(dict(model_cfg.unet.to_dict(), attention_impl=model_cfg.attention_impl))
+        ucfg = UNetConfig.from_dict(model_cfg.unet.to_dict())
         self.unet = UNet(ucfg, rngs=rngs)
         dtype = jnp.dtype(self.unet.cfg.dtype)  # the projectors compute in the denoiser's dtype
         idc = model_cfg.identity

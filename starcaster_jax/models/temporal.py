@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from starcaster_jax.models.attention import dot_product_attention, temporal_implementation
+from starcaster_jax.models.attention import frame_attention
 from starcaster_jax.models.blocks import FeedForward
 from starcaster_jax.models.layers import Dense, GroupNorm, LayerNorm
 
@@ -34,29 +34,30 @@ def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
 
 
 class FrameAttention(nnx.Module):
-    """Self-attention along the frame axis; the place where sequence parallelism hooks in.
+    """Self-attention along the frame axis; where sequence parallelism happens.
 
-    ``frame_attention_fn`` (set by ``starcaster_jax.sharding``'s sequence-parallel wrapper)
-    replaces the plain attention when frames are sharded over a mesh axis.
+    ``implementation`` (``model.unet.attention_impl``; splash maps to XLA here) and
+    ``sequence_axis`` (``model.unet.sequence_parallel_axis``: frames sharded over that mesh axis,
+    K/V all-gathered, when a mesh is set) are static fields of the graph, so every program built
+    from one config attends the same way.
     """
 
-    def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs, dtype=None, implementation: str = ""):
+    def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs, dtype=None, implementation: str = "",
+                 sequence_axis: str = ""):
         self.heads, self.head_dim = heads, dim // heads
-        self.implementation = implementation  # model.attention_impl; splash maps to XLA here
+        self.implementation = implementation
+        self.sequence_axis = sequence_axis
         self.to_q = Dense(dim, dim, use_bias=False, names=("embed", "heads"), rngs=rngs, dtype=dtype)
         self.to_k = Dense(dim, dim, use_bias=False, names=("embed", "heads"), rngs=rngs, dtype=dtype)
         self.to_v = Dense(dim, dim, use_bias=False, names=("embed", "heads"), rngs=rngs, dtype=dtype)
         self.to_out = Dense(dim, dim, names=("heads", "embed"), rngs=rngs, dtype=dtype)
 
-    def __call__(self, x, attention_fn=None):
+    def __call__(self, x):
         """``x: [N, F, C]`` (N = batch x spatial positions) -> ``[N, F, C]``."""
         n, f, c = x.shape
         split = lambda y: y.reshape(n, f, self.heads, self.head_dim)  # noqa: E731
-        q, k, v = split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x))
-        if attention_fn is None:
-            o = dot_product_attention(q, k, v, implementation=temporal_implementation(self.implementation))
-        else:
-            o = attention_fn(q, k, v)
+        q, k, v = split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x))  # [N, F, H, D]
+        o = frame_attention(q, k, v, implementation=self.implementation, sequence_axis=self.sequence_axis)
         return self.to_out(o.reshape(n, f, c))
 
 
@@ -64,25 +65,26 @@ class TemporalBlock(nnx.Module):
     """AnimateDiff ``BasicTransformerBlock`` with ``double_self_attention`` and sinusoidal positions."""
 
     def __init__(self, dim: int, heads: int, *, max_frames: int, rngs: nnx.Rngs, dtype=None,
-                 implementation: str = ""):
+                 implementation: str = "", sequence_axis: str = ""):
+        attn = dict(rngs=rngs, dtype=dtype, implementation=implementation, sequence_axis=sequence_axis)
         self.norm1 = LayerNorm(dim, rngs=rngs, dtype=dtype)
-        self.attn1 = FrameAttention(dim, heads, rngs=rngs, dtype=dtype, implementation=implementation)
+        self.attn1 = FrameAttention(dim, heads, **attn)
         self.norm2 = LayerNorm(dim, rngs=rngs, dtype=dtype)
-        self.attn2 = FrameAttention(dim, heads, rngs=rngs, dtype=dtype, implementation=implementation)
+        self.attn2 = FrameAttention(dim, heads, **attn)
         self.norm3 = LayerNorm(dim, rngs=rngs, dtype=dtype)
         self.ff = FeedForward(dim, rngs=rngs, dtype=dtype)
         self.max_frames = max_frames
         self.dim = dim
 
-    def __call__(self, x, attention_fn=None):
+    def __call__(self, x):
         """``x: [N, F, C]``."""
         f = x.shape[1]
         if f > self.max_frames:
             raise ValueError(f"temporal block: {f} frames exceed model.unet.motion_max_seq_length="
                              f"{self.max_frames}")
         pe = jnp.asarray(sinusoidal_positions(self.max_frames, self.dim)[:f], x.dtype)  # [F, C]
-        x = x + self.attn1(self.norm1(x) + pe, attention_fn)
-        x = x + self.attn2(self.norm2(x) + pe, attention_fn)
+        x = x + self.attn1(self.norm1(x) + pe)
+        x = x + self.attn2(self.norm2(x) + pe)
         return x + self.ff(self.norm3(x))
 
 
@@ -91,19 +93,20 @@ class TemporalTransformer(nnx.Module):
 
     def __init__(self, ch: int, heads: int, *, groups: int = 32, num_layers: int = 1,
                  max_frames: int = 32, view_dim: int | None = None, rngs: nnx.Rngs, dtype=None,
-                 implementation: str = ""):
+                 implementation: str = "", sequence_axis: str = ""):
         self.norm = GroupNorm(ch, groups, eps=1e-6, rngs=rngs, dtype=dtype)
         self.proj_in = Dense(ch, ch, names=("conv_in", "conv_out"), rngs=rngs, dtype=dtype)
         self.transformer_blocks = nnx.List([
             TemporalBlock(ch, heads, max_frames=max_frames, rngs=rngs, dtype=dtype,
-                          implementation=implementation)
+                          implementation=implementation, sequence_axis=sequence_axis)
             for _ in range(num_layers)])
         # zero-initialised like AnimateDiff: a fresh motion module is the identity.
         self.proj_out = Dense(ch, ch, names=("conv_in", "conv_out"), zero=True, rngs=rngs, dtype=dtype)
         self.view_proj = (Dense(view_dim, ch, names=("cond", "embed"), zero=True, rngs=rngs, dtype=dtype)
                           if view_dim else None)
 
-    def __call__(self, x, num_frames: int, view_emb=None, attention_fn=None):
+    def __call__(self, x, num_frames: int, view_emb=None):
+        """``x: [B*F, H, W, C]``, ``view_emb: [B, F, Dv]`` -> ``[B*F, H, W, C]``."""
         bf, h, w, c = x.shape
         b = bf // num_frames
         res = x
@@ -114,7 +117,7 @@ class TemporalTransformer(nnx.Module):
             v = self.view_proj(view_emb)                            # [B, F, C]
             y = y + jnp.repeat(v, h * w, axis=0)
         for blk in self.transformer_blocks:
-            y = blk(y, attention_fn)
+            y = blk(y)
         y = self.proj_out(y)
         y = jnp.transpose(y.reshape(b, h, w, num_frames, c), (0, 3, 1, 2, 4)).reshape(bf, h, w, c)
         return y + res

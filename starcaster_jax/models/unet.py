@@ -18,10 +18,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from starcaster_jax import sharding as shd
+from starcaster_jax.models.attention import check_implementation
 from starcaster_jax.models.blocks import Downsample2D, ResnetBlock2D, Transformer2DModel, Upsample2D
 from starcaster_jax.models.conditioning import TimestepEmbedding, ViewEmbedding
 from starcaster_jax.models.layers import Conv, GroupNorm
 from starcaster_jax.models.temporal import TemporalTransformer
+
+# Logical names of the [B, F, H, W, C] activations between blocks (sharding.LOGICAL_AXIS_RULES).
+ACTIVATION_NAMES = ("batch", "frames", "height", "width", "act_embed")
 
 REMAT_POLICIES: dict[str, Any] = {
     "none": None,
@@ -57,7 +62,17 @@ class UNetConfig:
     # numerics / memory
     dtype: str = "float32"          # compute dtype; "auto" = bfloat16 on TPU/GPU, float32 on CPU
     remat_policy: str = "none"
-    attention_impl: str = ""        # model.attention_impl (attention.py; "" = platform default)
+    # attention backend (models/attention.py; "" = the platform's default) and the mesh axis the
+    # motion modules shard frames over ("" = none): fields of the graph, so training, Generator
+    # and export build the same module
+    attention_impl: str = ""
+    sequence_parallel_axis: str = ""
+
+    def __post_init__(self):
+        check_implementation(self.attention_impl)
+        if self.sequence_parallel_axis not in ("",) + shd.MESH_AXES:
+            raise ValueError(f"model.unet.sequence_parallel_axis: expected '' or one of {shd.MESH_AXES}, "
+                             f"got {self.sequence_parallel_axis!r}")
 
     @classmethod
     def from_dict(cls, d) -> UNetConfig:
@@ -117,28 +132,28 @@ class _Stage(nnx.Module):
             TemporalTransformer(out_ch, cfg.motion_num_attention_heads, groups=g,
                                 num_layers=cfg.temporal_layers_per_block, max_frames=cfg.motion_max_seq_length,
                                 view_dim=cfg.view_dim, rngs=rngs, dtype=dtype,
-                                implementation=cfg.attention_impl)
+                                implementation=cfg.attention_impl, sequence_axis=cfg.sequence_parallel_axis)
             for _ in range(n_mix)]) if temporal else None
         self.downsamplers = nnx.List([Downsample2D(out_ch, rngs=rngs, dtype=dtype)]) if resample == "down" else None
         self.upsamplers = nnx.List([Upsample2D(out_ch, rngs=rngs, dtype=dtype)]) if resample == "up" else None
 
-    def layer(self, i, h, temb, ctx, aud, vemb, f, remat, attention_fn):
+    def layer(self, i, h, temb, ctx, aud, vemb, f, remat):
         def body(stage, h, temb, ctx, aud, vemb):
             h = stage.resnets[i](h, temb)
             if stage.attentions is not None:
                 h = stage.attentions[i](h, ctx, aud)
             if stage.motion_modules is not None:
-                h = stage.motion_modules[i](h, f, vemb, attention_fn)
+                h = stage.motion_modules[i](h, f, vemb)
             return h
         return _remat(remat, body)(self, h, temb, ctx, aud, vemb)
 
-    def mid(self, h, temb, ctx, aud, vemb, f, remat, attention_fn):
+    def mid(self, h, temb, ctx, aud, vemb, f, remat):
         """The mid block (resnet -> transformer -> [temporal] -> resnet), under the same remat policy."""
         def body(stage, h, temb, ctx, aud, vemb):
             h = stage.resnets[0](h, temb)
             h = stage.attentions[0](h, ctx, aud)
             if stage.motion_modules is not None:
-                h = stage.motion_modules[0](h, f, vemb, attention_fn)
+                h = stage.motion_modules[0](h, f, vemb)
             return stage.resnets[1](h, temb)
         return _remat(remat, body)(self, h, temb, ctx, aud, vemb)
 
@@ -187,8 +202,16 @@ class UNet(nnx.Module):
 
         self.conv_norm_out = GroupNorm(ch[0], g, eps=cfg.norm_eps, rngs=rngs, dtype=dtype)
         self.conv_out = Conv(ch[0], cfg.out_channels, 3, rngs=rngs, dtype=dtype)
-        # Set by the sequence-parallel wrapper (starcaster_jax.sharding); None = plain attention.
-        self.temporal_attention_fn = None
+
+    def _constrain(self, h, b: int, f: int):
+        """``h: [B*F, H, W, C]`` pinned at a block boundary as the rules table says: batch over
+        ``data x fsdp``, frames over ``model.unet.sequence_parallel_axis`` (identity off a mesh)."""
+        if shd.active_mesh() is None:
+            return h
+        n, hh, ww, c = h.shape
+        rules = shd.sequence_parallel_rules(self.cfg.sequence_parallel_axis)
+        y = shd.constrain(h.reshape(b, f, hh, ww, c), ACTIVATION_NAMES, rules)   # [B, F, H, W, C]
+        return y.reshape(n, hh, ww, c)
 
     def __call__(self, x, t, *, id_tokens=None, audio_tokens=None, view=None, context_mask=None,
                  deterministic: bool = True, drop_id=None, drop_audio=None, drop_view=None):
@@ -225,26 +248,27 @@ class UNet(nnx.Module):
             vemb = self.view_embedding(view)                                # [B, F, Dv]
             if drop_view is not None:
                 vemb = vemb * (1.0 - drop_view.astype(vemb.dtype))[:, None, None]
-        args = (temb, ctx, aud, vemb, f, cfg.remat_policy, self.temporal_attention_fn)
+        args = (temb, ctx, aud, vemb, f, cfg.remat_policy)
+        pin = lambda h: self._constrain(h, b, f)  # noqa: E731  at every block boundary
 
-        h = self.conv_in(x.reshape(b * f, hh, ww, c).astype(dtype))      # [B*F, H, W, C0]
+        h = pin(self.conv_in(x.reshape(b * f, hh, ww, c).astype(dtype)))  # [B*F, H, W, C0]
         skips = [h]
         for stage in self.down_blocks:
             for i in range(len(stage.resnets)):
-                h = stage.layer(i, h, *args)
+                h = pin(stage.layer(i, h, *args))
                 skips.append(h)
             if stage.downsamplers is not None:
-                h = stage.downsamplers[0](h)
+                h = pin(stage.downsamplers[0](h))
                 skips.append(h)
 
-        h = self.mid_block.mid(h, *args)
+        h = pin(self.mid_block.mid(h, *args))
 
         for stage in self.up_blocks:
             for i in range(len(stage.resnets)):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
-                h = stage.layer(i, h, *args)
+                h = pin(stage.layer(i, h, *args))
             if stage.upsamplers is not None:  # to the next skip's size: odd latents too
-                h = stage.upsamplers[0](h, output_size=skips[-1].shape[1:3])
+                h = pin(stage.upsamplers[0](h, output_size=skips[-1].shape[1:3]))
 
         h = self.conv_out(jax.nn.silu(self.conv_norm_out(h)))
         return h.reshape(b, f, hh, ww, -1).astype(x.dtype)

@@ -2,9 +2,11 @@
 
     mesh -> Trainer (abstract state, shardings, compiled steps) -> data iterator
     -> restore (workdir) | init_from (previous stage) | fresh init
-    -> for each batch: its stream's step -> metrics -> checkpoint
-       -> every eval.every_steps: held-out evaluation + sample frames (training/periodic_eval.py)
+    -> for each batch: trainer.step -> metrics (one curve per step kind) -> checkpoint
+       -> every eval.every_steps: held-out evaluation (training/periodic_eval.py)
     -> final checkpoint
+
+Which step a batch takes, and compiling it, is the Trainer's business (training/step.py).
 
 Pre-emption: SIGTERM (what TPU maintenance / SLURM send) sets a flag; the loop saves a
 checkpoint at the next step boundary and returns. ``kill -9`` loses at most the steps since the
@@ -14,17 +16,20 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import signal
 import time
 
 import jax
 import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
 
+from data_pipelines.pipeline import make_train_iterator
 from starcaster_jax import sharding as shd
 from starcaster_jax.training.checkpoint import Checkpointer, restore_params
-from starcaster_jax.training.metrics import MetricWriter, device_peak_flops, step_flops
+from starcaster_jax.training.metrics import MetricWriter, device_peak_flops
 from starcaster_jax.training.periodic_eval import PeriodicEval
+from starcaster_jax.training.state import check_same_tree
 from starcaster_jax.training.step import Trainer
 
 log = logging.getLogger(__name__)
@@ -74,9 +79,6 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
           frozen_nets=None) -> dict:
     """Train ``config`` in ``workdir`` until ``schedule.total_steps`` (or ``stop_after`` steps
     in this call, for tests of resumption). Returns a summary dict."""
-    from etils import epath
-
-    from data_pipelines.pipeline import make_train_iterator
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)   # local path or gs://
     mesh = make_mesh(config)
     trainer = Trainer(config, mesh, frozen_nets=frozen_nets)
@@ -90,7 +92,6 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
     elif config.init_from:
         prev, _, prev_step = restore_params(config.init_from, config=None, use_ema=bool(
             config.init_from_ema))
-        from starcaster_jax.training.state import check_same_tree
         check_same_tree(trainer.mdef.abstract_params, prev, f"init_from={config.init_from}")
         state = trainer.init_state(jax.device_put(prev, trainer.mdef.param_shardings))
         log.info("initialised from %s (step %d)", config.init_from, prev_step)
@@ -104,36 +105,19 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
     log_every = max(int(config.log.every_steps), 1)
     ckpt_every = max(int(config.ckpt.every_steps), 1)
     max_wall = float(config.max_wall_minutes) * 60.0
-    seen: set[str] = set()
-    flops: dict[str, float | None] = {}
     peak = None
     pending: list[tuple[str, dict]] = []
     in_flight = None
     t_start = time.perf_counter()
     t_log, n_log, ex_log = t_start, 0, 0
     steps_this_call = 0
-    compile_s = 0.0            # excluded from the max_wall_minutes budget
     last_saved = step if ckpt.latest_step() == step else None
     summary = {"start_step": step}
-    # Test hook (pre-emption tests): sleep after every step so a kill lands between checkpoints.
-    delay = float(os.environ.get("STARCASTER_STEP_DELAY_S", "0") or 0)
 
     with _Preemption() as pre:
         while step < total:
             batch = next(data)
-            kind = trainer.kind_for(batch, step)
-            gb = trainer.global_batch(batch)
-            if kind not in seen:                      # first batch of a stream: compile its steps
-                kinds = [kind]
-                if kind.startswith("video") and trainer.sf.enabled:
-                    kinds = ["video", "video_sf"]
-                t_compile = time.perf_counter()
-                trainer.precompile({k: gb for k in kinds})
-                compile_s += time.perf_counter() - t_compile
-                for k in kinds:
-                    seen.add(k)
-                    flops[k] = step_flops(trainer.compiled(k, gb))
-            state, metrics = trainer.step(state, gb, kind)
+            state, metrics, kind = trainer.step(state, batch, step)
             # At most two steps in flight: the host reads the next batch while the device runs
             # this step, and the wall budget below counts finished steps, not a queue of them.
             if in_flight is not None:
@@ -145,13 +129,11 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
             ex_log += int(np.asarray(batch["stream"]).shape[0]) * jax.process_count()
             n_log += 1
             writer.advance()
-            if delay:
-                time.sleep(delay)
 
-            stop_now = pre.requested or bool(
-                max_wall and time.perf_counter() - t_start - compile_s - evaluation.seconds > max_wall)
+            # compilation and evaluation are excluded from the max_wall_minutes budget
+            stop_now = pre.requested or bool(max_wall and time.perf_counter() - t_start
+                                             - trainer.compile_seconds - evaluation.seconds > max_wall)
             if jax.process_count() > 1:   # every host must stop at the same step boundary
-                from jax.experimental import multihost_utils
                 stop_now = bool(np.any(multihost_utils.process_allgather(np.array([stop_now]))))
             done = step >= total or (stop_after and steps_this_call >= stop_after)
             timeout = stop_now
@@ -166,7 +148,7 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
                 extra = {"perf/steps_per_s": n_log / dt, "perf/examples_per_s": ex_log / dt,
                          "skipped_total": float(jax.device_get(state.skipped))}
                 # FLOPs of the interval: each kind's compiled cost times how often it ran.
-                f = sum((flops[k] or 0.0) * n for k, n in kind_counts.items())
+                f = sum((trainer.flops[k] or 0.0) * n for k, n in kind_counts.items())
                 if f:
                     peak = peak or device_peak_flops()
                     extra["perf/mfu"] = f / dt / peak
@@ -190,7 +172,8 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
     writer.close()
     summary.update(step=step, skipped=int(jax.device_get(state.skipped)),
                    skipped_records=data.skipped, history=writer.history,
-                   preempted=pre.requested, wall_s=time.perf_counter() - t_start, compile_s=compile_s,
+                   preempted=pre.requested, wall_s=time.perf_counter() - t_start,
+                   compile_s=trainer.compile_seconds,
                    eval_s=evaluation.seconds, eval_history=writer.eval_history)
     data.close()
     return summary

@@ -24,6 +24,8 @@ from starcaster_jax import sharding as shd
 from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.models.starcaster import STARCaster
 from starcaster_jax.training import lora as lora_lib
+from starcaster_jax.training.optim import path_str, tree_paths
+from starcaster_jax.weights.unet import load_unet_weights
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,14 @@ class TrainState:
 
 
 class ModelDef:
-    """The STARCaster graph (static) + its abstract params and their shardings."""
+    """The STARCaster graph (static) + its abstract params and their shardings, and the one way
+    sharded parameters are built (``init_params``)."""
 
     def __init__(self, config, mesh):
         self.config = config
         self.mesh = mesh
-        # rbg keys: same distributions, and XLA:CPU compiles the init ~2x faster than threefry;
-        # InitRngs: no traced counter per draw (models/rngs.py: 14 s -> 1 s of eval_shape)
+        # rbg keys: same distributions, and XLA:CPU compiles the init faster than with threefry;
+        # InitRngs: no traced counter per draw (models/rngs.py), so eval_shape traces quickly
         ctor = lambda: STARCaster(config.model, rngs=InitRngs(  # noqa: E731
             jax.random.key(config.seed, impl="rbg")))
         self._ctor = ctor
@@ -69,8 +72,8 @@ class ModelDef:
 
         On a one-device mesh the model is built eagerly: the same values as the jitted init,
         and XLA:CPU takes longer to compile that init (~800 small kernels) than eager dispatch
-        takes to run it (`demo`: 30 s vs 8 s). On a real mesh the init is jitted with
-        ``out_shardings``, so no device ever holds more than its shards."""
+        takes to run it. On a real mesh the init is jitted with ``out_shardings``, so no device
+        ever holds more than its shards (a model bigger than one device never exists whole)."""
         def init():
             return nnx.to_pure_dict(nnx.state(self._ctor(), nnx.Param))
         if self.mesh.size == 1:
@@ -96,7 +99,6 @@ def load_pretrained(mdef: ModelDef, params):
     pre = mdef.config.model.pretrained
     if not (pre.sd_unet or pre.motion_adapter):
         return params
-    from starcaster_jax.weights.unet import load_unet_weights
     model = mdef.module(jax.device_get(params))
     if pre.sd_unet:
         left = load_unet_weights(model.unet, pre["sd_unet"], part="spatial")
@@ -124,7 +126,6 @@ def check_same_tree(expected, got, what: str) -> None:
 
 
 def shd_path(path) -> str:
-    from starcaster_jax.training.optim import path_str
     return path_str(path)
 
 
@@ -147,7 +148,6 @@ def normalize_keys(tree, like):
 
 
 def param_filter(params, regex: str) -> list[str]:
-    from starcaster_jax.training.optim import tree_paths
     rx = re.compile(regex)
     return [p for p in tree_paths(params) if rx.search(p)]
 

@@ -4,8 +4,9 @@ A step is two XLA programs by default (:class:`TwoProgramStep`: the stream's gra
 one update program shared by all streams); ``optim.update_program="fused"`` makes it one.
 
 ``Trainer`` resolves everything static once (model graph, shardings, optimiser, losses, frozen
-networks) and exposes ``init_state()``, ``abstract_state()`` and ``step(state, batch)`` which
-dispatches the batch to its stream's compiled step:
+networks) and exposes ``init_state()``, ``abstract_state()`` and
+``step(state, host_batch, step)``, the one call the loop makes: it picks the batch's step kind,
+makes the global batch, compiles the kind's programs on first sight, and runs it:
 
     "video"     losses.video_loss
     "video_sf"  self_forcing.self_forcing_loss   (a video batch chosen with prob. p)
@@ -16,21 +17,32 @@ and EMA stay as they were and ``state.skipped`` counts it.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import logging
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from data_pipelines.pipeline import to_global_batch
 from starcaster_jax import sharding as shd
 from starcaster_jax.training import frozen as frozen_lib
 from starcaster_jax.training import lora as lora_lib
 from starcaster_jax.training import losses as L
 from starcaster_jax.training import optim
+from starcaster_jax.training.metrics import step_flops
 from starcaster_jax.training.self_forcing import SelfForcingConfig, self_forcing_loss
-from starcaster_jax.training.state import ModelDef, TrainState, lora_config, make_rng, replicated
+from starcaster_jax.training.state import (
+    ModelDef,
+    TrainState,
+    load_pretrained,
+    lora_config,
+    make_rng,
+    replicated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +56,6 @@ class Trainer:
     def __init__(self, config, mesh, *, frozen_nets=None):
         self.config = config
         self.mesh = mesh
-        from starcaster_jax.models.attention import set_attention_implementation
-        set_attention_implementation(config.model.attention_impl or None)
-        self.seq_axis = str(config.model.sequence_parallel_axis)
         self.mdef = ModelDef(config, mesh)
         self.lc = L.LossConfig.from_config(config)
         self.sf = SelfForcingConfig.from_config(config)
@@ -85,6 +94,8 @@ class Trainer:
         self._steps: dict[str, callable] = {}
         self._compiled_aot: dict[str, object] = {}
         self._update_aot = None
+        self.flops: dict[str, float | None] = {}   # per compiled kind (None: XLA gave no cost)
+        self.compile_seconds = 0.0                  # spent compiling in step(): not training time
 
     # -- state ---------------------------------------------------------------------------------
     def eval_loss(self, params, batch, seeds=(0, 1, 2, 3), kind: str = "video"):
@@ -114,7 +125,6 @@ class Trainer:
     def init_state(self, model_params=None) -> TrainState:
         """Fresh state; ``model_params`` (e.g. the previous stage's, LoRA merged) replace the
         random init."""
-        from starcaster_jax.training.state import load_pretrained
         if model_params is None:
             model_params = load_pretrained(self.mdef, self.mdef.init_params())
         params = {"model": model_params}
@@ -144,10 +154,7 @@ class Trainer:
 
     def model_from(self, params):
         """Trainable tree -> the STARCaster module (LoRA merged)."""
-        model = self.mdef.module(lora_lib.merge(params["model"], params.get("lora"), self.lora_scale))
-        if self.seq_axis:
-            model.unet.temporal_attention_fn = shd.sequence_parallel_attention(self.mesh, self.seq_axis)
-        return model
+        return self.mdef.module(lora_lib.merge(params["model"], params.get("lora"), self.lora_scale))
 
     def _grads_fn(self, kind: str):
         """(state, frozen, batch) -> (loss, loss metrics, grads): forward + backward."""
@@ -241,26 +248,48 @@ class Trainer:
                 return "video_sf"
         return stream
 
-    def step(self, state: TrainState, batch, kind: str):
-        """``batch``: global jax arrays (``global_batch``); ``kind`` from ``kind_for``."""
+    def step(self, state: TrainState, host_batch, step: int):
+        """One train step on this process's rows of the batch -> ``(state, metrics, kind)``.
+
+        Everything about step kinds stays here: which kind the batch goes to (``kind_for``:
+        its stream, and self-forcing's draw for video), the global batch, and compiling on the
+        first batch of a stream every kind that stream can dispatch to (video and video_sf
+        together, so a later self-forcing draw never stops training to compile). ``kind`` names
+        the metrics' curve; ``compile_seconds`` and ``flops[kind]`` say what compiling cost and
+        what a step computes."""
+        kind = self.kind_for(host_batch, step)
+        batch = self.global_batch(host_batch)
+        if kind not in self._compiled_aot:
+            siblings = ["video", "video_sf"] if kind.startswith("video") and self.sf.enabled else [kind]
+            t0 = time.perf_counter()
+            self.precompile({k: batch for k in siblings})
+            self.compile_seconds += time.perf_counter() - t0
+            for k in siblings:
+                self.flops[k] = step_flops(self.compiled(k, batch))
+        state, metrics = self.step_kind(state, batch, kind)
+        return state, metrics, kind
+
+    def step_kind(self, state: TrainState, batch, kind: str):
+        """The step of one given ``kind`` on a global ``batch`` (``global_batch``): for callers
+        that choose the kind themselves (benchmarks, tests). -> ``(state, metrics)``."""
         with jax.set_mesh(self.mesh):
             return self.compiled(kind, batch)(state, self.frozen_states, batch)
 
     def global_batch(self, batch) -> dict:
-        """Per-process numpy batch -> global arrays over ``data x fsdp`` (the keys steps read)."""
-        from data_pipelines.pipeline import to_global_batch
+        """Per-process numpy batch -> global arrays split as the ``batch`` rule says (``data x
+        fsdp``; the keys steps read)."""
         batch = {k: v for k, v in batch.items() if k in BATCH_KEYS}
-        n = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        axes = shd.mesh_axes("batch", self.mesh)
+        n = int(np.prod([self.mesh.shape[a] for a in axes]))
         rows = int(np.asarray(batch["stream"]).shape[0]) * jax.process_count()
         if rows % n:
-            raise ValueError(f"data.batch_size={rows} is not divisible by mesh data x fsdp = {n}")
+            raise ValueError(f"data.batch_size={rows} is not divisible by mesh {' x '.join(axes)} = {n}")
         sh = {k: shd.batch_sharding(self.mesh, np.ndim(v)) for k, v in batch.items()}
         return to_global_batch(batch, sh)
 
     def precompile(self, batches: dict) -> None:
         """AOT-compile the steps for ``{kind: global batch}``, every XLA program concurrently
         (compiles release the GIL; the shared update program is compiled once)."""
-        import concurrent.futures as cf
         todo = {k: b for k, b in batches.items() if k not in self._compiled_aot}
         if not todo:
             return
@@ -295,8 +324,8 @@ class TwoProgramStep:
 
     Why two: the global-norm clip and the non-finite check read every gradient before any
     parameter may change, so the fused program materialises all gradients too; splitting costs
-    one dispatch and saves compilation. XLA:CPU compiled the fused ``demo`` step in 56 s and the
-    two halves in 20 s + 23 s (concurrently), and one update program serves every stream. The
+    one dispatch and saves compilation (the two halves compile concurrently, each smaller than
+    the fused program), and one update program serves every stream. The
     object mirrors ``jax.jit``'s stages: call it, ``.lower(...)``, ``.compile()``,
     ``.cost_analysis()``.
     """
