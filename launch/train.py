@@ -40,7 +40,7 @@ flags.DEFINE_string("summary_json", "", "write the run summary (losses per log s
 
 
 def _init_distributed() -> None:
-    import jax
+    import jax  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     if FLAGS.coordinator_address and FLAGS.num_processes > 1:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
@@ -58,8 +58,10 @@ def main(argv) -> int:
             raise cli.UsageError(problem)
     logging.getLogger("absl").setLevel(logging.WARNING)
     _init_distributed()
-    from starcaster_jax.training.loop import train
+    from starcaster_jax.config_schema import sections  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.training.loop import train  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     try:
+        sections(FLAGS.config)   # every field typed and known before anything is built
         summary = train(FLAGS.config, FLAGS.workdir, stop_after=FLAGS.stop_after or None)
     except (FileNotFoundError, ValueError) as e:
         raise cli.UsageError(str(e)) from None

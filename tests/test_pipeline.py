@@ -12,8 +12,13 @@ import math
 import grain
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from absl import flags
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from configs.common import base_config
 from data_pipelines import schema, sources
 from data_pipelines import transforms as T
 from data_pipelines.pipeline import STREAM_IDS, make_train_iterator, to_global_batch
@@ -49,9 +54,9 @@ def corpus(tmp_path_factory):
 
 
 def cfg(corpus, **kw):
-    c = dict(batch_size=2, num_frames=4, context_frames=1, num_views=4, resolution=RES,
-             mixture={"video": 0.7, "multiview": 0.3}, hflip=True, audio_window=2, seed=3,
-             sources=dict(corpus))
+    c = dict(base_config("micro").data.to_dict(), batch_size=2, num_frames=4, context_frames=1,
+             num_views=4, resolution=RES, mixture={"video": 0.7, "multiview": 0.3}, hflip=True,
+             audio_window=2, seed=3, sources=dict(corpus))
     c.update(kw)
     return c
 
@@ -137,7 +142,6 @@ def test_state_round_trip(corpus):
 
 
 def test_state_round_trip_orbax(corpus, tmp_path):
-    import orbax.checkpoint as ocp
 
     it = make_train_iterator(cfg(corpus), process_index=0, process_count=1)
     take(it, 5)
@@ -263,8 +267,6 @@ def test_resolution_downsample(corpus):
 
 
 def test_to_global_batch(corpus):
-    from jax.sharding import Mesh, NamedSharding
-    from jax.sharding import PartitionSpec as P
 
     devs = np.array(jax.devices())
     nb = len(devs)
@@ -280,7 +282,6 @@ def test_to_global_batch(corpus):
 
 
 def test_multiprocess_prefetch_matches_in_process(corpus):
-    from absl import flags
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
@@ -306,8 +307,9 @@ def test_builtin_corpus_tfds_builder(tmp_path):
     found from ``data.root`` and read at splits ``train_video`` / ``train_multiview``."""
     builder = tb.build(str(tmp_path / "tfds"), tb.make_config("tiny"))
     res = builder.builder_config.resolution
-    c = dict(batch_size=2, num_frames=4, context_frames=1, num_views=4, resolution=res,
-             mixture={"video": 0.5, "multiview": 0.5}, root=str(tmp_path / "tfds"), seed=0)
+    c = dict(base_config("micro").data.to_dict(), batch_size=2, num_frames=4, context_frames=1,
+             num_views=4, resolution=res, mixture={"video": 0.5, "multiview": 0.5},
+             root=str(tmp_path / "tfds"), seed=0, audio_window=2)
     it = make_train_iterator(c, process_index=0, process_count=1)
     seen = set()
     for b in take(it, 8):

@@ -26,7 +26,6 @@ from starcaster_jax.models.audio.alignment import AudioProjector
 from starcaster_jax.models.audio.builtin import BuiltinAudioConfig, BuiltinAudioEncoder
 from starcaster_jax.models.audio.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 from starcaster_jax.models.rngs import InitRngs
-from starcaster_jax.weights.wav2vec2 import load_wav2vec2
 
 ENCODERS = ("wav2vec2", "builtin")
 
@@ -74,6 +73,9 @@ def build_audio_encoder(cfg: Any, *, rngs: nnx.Rngs | None = None) -> AudioEncod
     if kind == "wav2vec2":
         path = _get(cfg, "wav2vec2_path")
         if path:
+            # models/ never imports weights/ at module level (tests/test_layering.py): the
+            # importer is reached only when a user names a wav2vec2 directory.
+            from starcaster_jax.weights.wav2vec2 import load_wav2vec2  # noqa: PLC0415 (layering: weights/ imports models/)
             return load_wav2vec2(path)[0]
         return Wav2Vec2Model(Wav2Vec2Config(**{k: tuple(v) if isinstance(v, list) else v
                                                for k, v in _as_dict(_get(cfg, "wav2vec2")).items()}),
