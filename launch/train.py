@@ -58,10 +58,8 @@ def main(argv) -> int:
             raise cli.UsageError(problem)
     logging.getLogger("absl").setLevel(logging.WARNING)
     _init_distributed()
-    from starcaster_jax.config_schema import sections  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     from starcaster_jax.training.loop import train  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     try:
-        sections(FLAGS.config)   # every field typed and known before anything is built
         summary = train(FLAGS.config, FLAGS.workdir, stop_after=FLAGS.stop_after or None)
     except (FileNotFoundError, ValueError) as e:
         raise cli.UsageError(str(e)) from None

@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 
 from data_pipelines.pipeline import make_train_iterator
 from starcaster_jax import sharding as shd
+from starcaster_jax.config_schema import sections
 from starcaster_jax.training.checkpoint import Checkpointer, restore_params
 from starcaster_jax.training.metrics import MetricWriter, device_peak_flops
 from starcaster_jax.training.periodic_eval import PeriodicEval
@@ -79,6 +80,7 @@ def train(config, workdir: str, *, sources=None, stop_after: int | None = None,
           frozen_nets=None) -> dict:
     """Train ``config`` in ``workdir`` until ``schedule.total_steps`` (or ``stop_after`` steps
     in this call, for tests of resumption). Returns a summary dict."""
+    sections(config)   # a misspelled or mistyped field fails here, before anything is built
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)   # local path or gs://
     mesh = make_mesh(config)
     trainer = Trainer(config, mesh, frozen_nets=frozen_nets)
