@@ -30,8 +30,8 @@ import numpy as np
 from configs import stage2_audio
 from data_pipelines.synthetic import speech
 from launch import generate as cli
+from starcaster_jax import inference as G
 from starcaster_jax import media
-from starcaster_jax.inference import generate as G
 from starcaster_jax.media import read_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

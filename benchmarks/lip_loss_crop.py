@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from configs import stage2_audio
-from starcaster_jax.inference.generate import random_module
+from starcaster_jax.inference.random_init import random_module
 from starcaster_jax.models.lipreading import LipReader, LipReaderConfig
 from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.models.vae import AutoencoderKL, VAEConfig

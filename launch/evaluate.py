@@ -75,11 +75,12 @@ def evaluate_checkpoint(path: str, args) -> dict:
     from starcaster_jax.evaluation import baselines, report  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     from starcaster_jax.evaluation import synthetic as S  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     from starcaster_jax.inference.chunking import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
-    from starcaster_jax.inference.generate import Generator, _resolve_dir  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.inference.generate import Generator  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.inference.loading import resolve_dir  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     gen = Generator.from_checkpoint(path, use_ema=not args.no_ema, need_identity=True)
     ev_cfg = eval_settings(gen.config, args)
-    data = args.data or _resolve_dir(gen.config.data.root or "", path)
-    enc = args.encoders or _resolve_dir(gen.config.model.encoders_dir or "", path)
+    data = args.data or resolve_dir(gen.config.data.root or "", path)
+    enc = args.encoders or resolve_dir(gen.config.model.encoders_dir or "", path)
     if not data or not os.path.isdir(data):
         raise GenerationError(f"--data {data or '(unset)'}: no built-in corpus there")
     if not enc or not os.path.isdir(enc):

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config_file(spec: str):
     """``path/to/config.py[:arg]`` -> ``get_config(arg)``."""
-    from starcaster_jax.inference.generate import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.inference.chunking import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise GenerationError(f"--config {path}: no such config file")
@@ -103,7 +103,7 @@ def _trajectory(args, num_frames: int, *, multiview: bool) -> np.ndarray | None:
     kind = args.views or ("orbit" if multiview else "none")
     if kind == "none":
         if multiview:
-            from starcaster_jax.inference.generate import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+            from starcaster_jax.inference.chunking import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
             raise GenerationError("--multiview needs views: use --views orbit, static or a JSON file")
         return None
     if kind == "static":
@@ -116,7 +116,7 @@ def _trajectory(args, num_frames: int, *, multiview: bool) -> np.ndarray | None:
     try:
         return views.from_json(kind, num_frames)
     except ValueError as e:
-        from starcaster_jax.inference.generate import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+        from starcaster_jax.inference.chunking import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
         raise GenerationError(f"--views {e}") from None
 
 
@@ -126,8 +126,8 @@ def _upscale(frames: np.ndarray, k: int) -> np.ndarray:
 
 def generate(args) -> list[str]:
     """Run one generation; returns the written paths. Input problems raise GenerationError."""
+    from starcaster_jax import inference as G  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     from starcaster_jax import media  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
-    from starcaster_jax.inference import generate as G  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
 
     # 1. cheap input checks first: a typo should not cost a model load
     if not args.out.lower().endswith(".mp4"):
@@ -205,7 +205,7 @@ def generate(args) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from starcaster_jax.inference.generate import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.inference.chunking import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     try:
         paths = generate(args)
     except GenerationError as e:

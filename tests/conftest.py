@@ -1,5 +1,6 @@
 """Test session set-up: 8 fake CPU devices (sharding tests), f32 everywhere."""
 import os
+import re
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -18,8 +19,6 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 def pytest_terminal_summary(terminalreporter):
     """Print the measured figures (parity errors, learning curves) of passing tests, also under xdist."""
-    import re
-
     pat = re.compile(r"parity|rel\.? ?err|->")
     rows = []
     for rep in terminalreporter.stats.get("passed", []):

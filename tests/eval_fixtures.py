@@ -9,9 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import stage2_audio
+from data_pipelines.synthetic import build
+from starcaster_jax.models import builtin_encoders as be
+from starcaster_jax.sharding import make_mesh
+from starcaster_jax.training.checkpoint import Checkpointer
+from starcaster_jax.training.encoders import module_configs
+from starcaster_jax.training.state import ModelDef, TrainState
+
 
 def micro_config(data_root: str, encoders_dir: str):
-    from configs import stage2_audio
     c = stage2_audio.get_config("micro")
     c.data.root = data_root
     c.model.encoders_dir = encoders_dir
@@ -25,8 +32,6 @@ def micro_config(data_root: str, encoders_dir: str):
 def write_encoders(config, out_dir: str, seed: int = 0) -> str:
     """Every built-in encoder at ``config``'s sizes, randomly initialised, saved as
     ``launch.train_encoders`` saves them."""
-    from launch.train_encoders import module_configs
-    from starcaster_jax.models import builtin_encoders as be
     kinds = {"vae": "vae", "audio": "builtin_audio", "identity_cond": "builtin_identity",
              "identity_eval": "builtin_identity", "lip_loss": "lip_reader", "lip_eval": "lip_reader",
              "pose_eval": "pose_regressor"}
@@ -38,9 +43,6 @@ def write_encoders(config, out_dir: str, seed: int = 0) -> str:
 def write_checkpoint(config, workdir: str, *, noise: float = 0.05, seed: int = 1) -> str:
     """A workdir whose step-1 checkpoint holds the fresh init (``config.seed``) plus Gaussian
     noise of std ``noise`` (0: exactly the untrained model) as both params and EMA."""
-    from starcaster_jax.sharding import make_mesh
-    from starcaster_jax.training.checkpoint import Checkpointer
-    from starcaster_jax.training.state import ModelDef, TrainState
     mdef = ModelDef(config, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
     init = mdef.init_params()
     rng = np.random.default_rng(seed)
@@ -55,7 +57,6 @@ def write_checkpoint(config, workdir: str, *, noise: float = 0.05, seed: int = 1
 
 
 def build_corpus(out: str) -> str:
-    from data_pipelines.synthetic import build
     assert build.main(["--out", out, "--preset", "tiny", "--workers", "1"]) == 0
     return out
 

@@ -4,9 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import stage2_audio
 from starcaster_jax.diffusion import guidance, objectives, samplers
 from starcaster_jax.diffusion.objectives import from_x0_eps, to_x0_eps
-from starcaster_jax.diffusion.schedules import DDPMSchedule, FlowSchedule, expand_to
+from starcaster_jax.diffusion.schedules import DDPMSchedule, FlowSchedule, expand_to, schedule_from_config
+from starcaster_jax.training.losses import LossConfig
 
 SD = DDPMSchedule()
 ZT = DDPMSchedule(zero_terminal_snr=True)  # trailing spacing by default
@@ -135,7 +137,7 @@ def test_conversions_invert(objective, vp):
 
 @pytest.mark.parametrize("zsnr", [False, True])
 def test_alphas_cumprod_match_diffusers(zsnr):
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler  # noqa: PLC0415 (the torch extra, parity oracle only)
 
     ref = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                         rescale_betas_zero_snr=zsnr).alphas_cumprod.numpy()
@@ -147,7 +149,7 @@ def test_alphas_cumprod_match_diffusers(zsnr):
 
 
 def _diffusers_ddim(zsnr, spacing, prediction_type):
-    from diffusers import DDIMScheduler
+    from diffusers import DDIMScheduler  # noqa: PLC0415 (the torch extra, parity oracle only)
 
     return DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                          clip_sample=False, set_alpha_to_one=True, steps_offset=0,
@@ -166,7 +168,7 @@ def test_ddim_timesteps_match_diffusers(spacing, steps):
 @pytest.mark.parametrize("zsnr,objective,eta", [(False, "eps", 0.0), (True, "v", 0.0),
                                                 (False, "eps", 0.7)])
 def test_ddim_step_matches_diffusers(zsnr, objective, eta):
-    import torch
+    import torch  # noqa: PLC0415 (the torch extra, parity oracle only)
 
     sched = DDPMSchedule(zero_terminal_snr=zsnr)
     spacing = "trailing" if zsnr else "leading"
@@ -187,8 +189,8 @@ def test_ddim_step_matches_diffusers(zsnr, objective, eta):
 @pytest.mark.parametrize("zsnr,objective", [(False, "eps"), (True, "v")])
 def test_dpmpp_2m_matches_diffusers_loop(zsnr, objective):
     """Whole 25-step DPM-Solver++(2M) run vs diffusers with a t-dependent nonlinear model."""
-    import torch
-    from diffusers import DPMSolverMultistepScheduler
+    import torch  # noqa: PLC0415 (the torch extra, parity oracle only)
+    from diffusers import DPMSolverMultistepScheduler  # noqa: PLC0415 (the torch extra, parity oracle only)
 
     ref = DPMSolverMultistepScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, solver_order=2,
@@ -337,3 +339,30 @@ def test_guidance_nesting_and_call_batching():
     audio_only = dict(cond, drop_id=jnp.array([True, True]), drop_audio=jnp.array([False, False]))
     np.testing.assert_allclose(out[0], ref(x, t, audio_only)[0], atol=1e-5)
     np.testing.assert_allclose(out[1], c_full[1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fields, want", [
+    (dict(schedule="ddpm", zero_terminal_snr=True), DDPMSchedule(zero_terminal_snr=True)),
+    (dict(schedule="ddpm", zero_terminal_snr=False), DDPMSchedule()),
+    (dict(schedule="flow", flow_shift=3.0), FlowSchedule(shift=3.0)),
+])
+def test_training_builds_the_schedule_sampling_builds(fields, want):
+    """``LossConfig`` (training) takes its schedule from ``schedule_from_config``, the rule the
+    ``Generator`` samples with, so the two cannot disagree."""
+    c = stage2_audio.get_config("micro")
+    c.diffusion.update(**fields)
+    assert schedule_from_config(c.diffusion) == want
+    assert LossConfig.from_config(c).schedule == want
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(schedule="fow"), r"^config diffusion\.schedule: expected 'ddpm' or 'flow', got 'fow'$"),
+    (dict(schedule="flow", flow_shift=0.0), r"^config diffusion\.flow_shift: expected a positive number"),
+])
+def test_bad_schedule_field_is_one_line(fields, match):
+    c = stage2_audio.get_config("micro")
+    c.diffusion.update(**fields)
+    with pytest.raises(ValueError, match=match):
+        schedule_from_config(c.diffusion)
+    with pytest.raises(ValueError, match=match):
+        LossConfig.from_config(c)

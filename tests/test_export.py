@@ -3,7 +3,7 @@
 bf16 closely at half the bytes), in a process where Flax/Optax/Orbax/Grain cannot be imported;
 it lowers for other platforms; bad artefacts and CLI misuse give one-line errors.
 
-The parts are random ``tiny`` networks (``generate.random_parts``), two sampler steps.
+The parts are random ``tiny`` networks (``random_init.random_parts``), two sampler steps.
 """
 from __future__ import annotations
 
@@ -16,14 +16,18 @@ import sys
 import jax
 import numpy as np
 import pytest
+import soundfile
 from flax import nnx
 
 from configs import stage2_audio
+from launch import export as export_cli
 from starcaster_jax.inference import chunking as C
 from starcaster_jax.inference import export as E
 from starcaster_jax.inference import generate as G
 from starcaster_jax.inference import serve as S
 from starcaster_jax.inference import views
+from starcaster_jax.inference.random_init import random_parts
+from starcaster_jax.media.video import read_audio_from_video, read_video
 from starcaster_jax.models import builtin_encoders as be
 from starcaster_jax.models.identity.builtin import BuiltinIdentityConfig
 
@@ -42,7 +46,7 @@ def speechlike(seconds: float, seed: int = 0) -> np.ndarray:
 def setup(tmp_path_factory):
     cfg = stage2_audio.get_config("tiny")
     cfg.diffusion.sample_steps = 2
-    parts = G.random_parts(cfg, seed=0)
+    parts = random_parts(cfg, seed=0)
     ident = be.init_params(be.abstract_module("builtin_identity", BuiltinIdentityConfig(
         image_size=32, widths=(8, 16), norm_groups=4)), seed=5)
     embed = nnx.jit(be.identity_embedding)
@@ -181,11 +185,10 @@ def test_bad_artefacts_are_one_line_errors(setup, tmp_path):
 
 
 def test_export_and_serve_clis_misuse_exit_2(setup, tmp_path, capsys):
-    from launch import export as cli
     with pytest.raises(SystemExit) as e:
-        cli.main([])
+        export_cli.main([])
     assert e.value.code == 2
-    assert cli.main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert export_cli.main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "no such training workdir" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         S.main(["--artefact", setup["bf16"], "--audio", "a.wav", "--out", "o.mp4"])  # no reference/identity
@@ -196,9 +199,6 @@ def test_export_and_serve_clis_misuse_exit_2(setup, tmp_path, capsys):
 
 
 def test_serve_cli_writes_mp4_with_audio(setup, tmp_path):
-    import soundfile
-
-    from starcaster_jax.media.video import read_video
     wav = str(tmp_path / "a.wav")
     x = speechlike(0.6 * 22050 / SR, 3)                                    # 0.6 s at 22.05 kHz
     soundfile.write(wav, np.stack([x, x], axis=1), 22050)                  # stereo, another rate
@@ -206,7 +206,6 @@ def test_serve_cli_writes_mp4_with_audio(setup, tmp_path):
     out = str(tmp_path / "o.mp4")
     assert S.main(["--artefact", setup["bf16"], "--audio", wav, "--identity", str(tmp_path / "e.npy"),
                    "--views", "orbit", "--out", out]) == 0
-    from starcaster_jax.media.video import read_audio_from_video
     frames, fps = read_video(out)
     assert fps == 25 and frames.shape == (C.num_output_frames(int(round(0.6 * SR))), 32, 32, 3)
     assert abs(read_audio_from_video(out, SR).size / SR - 0.6) < 0.05   # resampled, downmixed, muxed

@@ -2,7 +2,7 @@
 view signal the model receives, multi-view stills, and the generate CLI (mp4 length and audio,
 every bad input -> one-line message + exit 2).
 
-The parts are random `tiny` networks (``generate.random_parts``: filled from their abstract
+The parts are random `tiny` networks (``random_init.random_parts``: filled from their abstract
 shapes, no init compile); a ``Spy`` wrapper records, through a host callback, what the sampler
 hands the model.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import av
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
@@ -17,11 +18,17 @@ import numpy as np
 import pytest
 import soundfile
 from flax import nnx
+from scipy.signal import resample_poly
 
 from configs import stage2_audio
 from data_pipelines import schema
+from data_pipelines.synthetic import speech
+from launch import generate as cli_mod
+from starcaster_jax.inference import chunking as C
 from starcaster_jax.inference import generate as G
 from starcaster_jax.inference import views
+from starcaster_jax.inference.random_init import random_module, random_parts
+from starcaster_jax.media import load_image, read_audio_from_video, read_video, save_image, write_mp4
 from starcaster_jax.models import builtin_encoders as be
 from starcaster_jax.models.identity.builtin import BuiltinIdentityConfig, BuiltinIdentityEncoder
 from starcaster_jax.models.rngs import InitRngs
@@ -59,7 +66,7 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def parts(cfg):
-    return G.random_parts(cfg, seed=0)
+    return random_parts(cfg, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -90,22 +97,22 @@ def chunk_records(calls, steps):
 def test_plan_chunks_cover_every_frame_once():
     for animate in (True, False):
         for n in (1, 4, 5, 6, 13, 40):
-            chunks = G.plan_chunks(n, 5, 1, animate=animate)
+            chunks = C.plan_chunks(n, 5, 1, animate=animate)
             covered = [c.first_new + i for c in chunks for i in range(c.num_new)]
             assert covered == list(range(n)), (animate, n)
             for a, b in zip(chunks, chunks[1:]):  # context of b = the last K slots of a
                 assert b.num_context == 1 and b.slot0 == a.slot0 + 5 - 1
-    assert G.plan_chunks(13, 5, 1, animate=True)[0].slot0 == -1  # reference slot before frame 0
-    assert G.plan_chunks(13, 5, 1, animate=False)[0] == G.Chunk(0, 0, 0, 5)
-    assert G.num_output_frames(SR) == 25 and G.num_output_frames(SR + 1) == 26  # ceil
+    assert C.plan_chunks(13, 5, 1, animate=True)[0].slot0 == -1  # reference slot before frame 0
+    assert C.plan_chunks(13, 5, 1, animate=False)[0] == C.Chunk(0, 0, 0, 5)
+    assert C.num_output_frames(SR) == 25 and C.num_output_frames(SR + 1) == 26  # ceil
 
 
 def test_chunk_audio_layout():
     audio = np.arange(10 * 640, dtype=np.float32) + 1
-    a = G.chunk_audio(audio, -1, 5, 2)  # slots = frames -1..3, +-2 frames of audio context
+    a = C.chunk_audio(audio, -1, 5, 2)  # slots = frames -1..3, +-2 frames of audio context
     assert a.shape == ((5 + 4) * 640,)
     assert (a[:3 * 640] == 0).all() and a[3 * 640] == 1  # frames -3..-1 are before the clip
-    b = G.chunk_audio(audio, 8, 5, 2)  # runs past the end: zero padded
+    b = C.chunk_audio(audio, 8, 5, 2)  # runs past the end: zero padded
     assert b[0] == 6 * 640 + 1 and (b[4 * 640:] == 0).all()
 
 
@@ -278,18 +285,26 @@ def test_multiview_views_and_no_audio(gen, cfg):
         assert r["context_mask"][0].tolist() == [True, False, False, False]  # the reference view
         # views relative to the reference (identity): the requested cameras themselves
         np.testing.assert_allclose(r["view"][0], np.concatenate([views.IDENTITY_POSE[None], poses]), atol=1e-6)
-    with pytest.raises(G.GenerationError, match="at most"):
+    with pytest.raises(C.GenerationError, match="at most"):
         gen.multiview(views.spread(40), reference=reference_image(3))
 
 
+def test_bad_schedule_is_a_generation_error(cfg, parts):
+    """``schedule_from_config``'s ValueError reaches a launcher as one GenerationError line."""
+    bad = mlc.ConfigDict(cfg.to_dict())
+    bad.diffusion.schedule = "fow"
+    with pytest.raises(C.GenerationError, match=r"^config diffusion\.schedule: expected 'ddpm' or 'flow'"):
+        G.Generator(parts.model, parts.vae, parts.audio_encoder, bad)
+
+
 def test_input_checks():
-    with pytest.raises(G.GenerationError, match="too short"):
-        G.check_speech(np.ones(100, np.float32))
-    with pytest.raises(G.GenerationError, match="silent"):
-        G.check_speech(np.zeros(SR, np.float32))
-    with pytest.raises(G.GenerationError, match="all zeros"):
-        G.normalize_embedding(np.zeros(512))
-    e = G.normalize_embedding(np.arange(512.0))
+    with pytest.raises(C.GenerationError, match="too short"):
+        C.check_speech(np.ones(100, np.float32))
+    with pytest.raises(C.GenerationError, match="silent"):
+        C.check_speech(np.zeros(SR, np.float32))
+    with pytest.raises(C.GenerationError, match="all zeros"):
+        C.normalize_embedding(np.zeros(512))
+    e = C.normalize_embedding(np.arange(512.0))
     assert abs(np.linalg.norm(e) - 1) < 1e-6
 
 
@@ -298,7 +313,6 @@ def test_input_checks():
 @pytest.fixture
 def cli(gen, monkeypatch):
     """``launch.generate.main`` with the random tiny generator standing in for a checkpoint."""
-    from launch import generate as cli_mod
     monkeypatch.setattr(cli_mod, "build_generator", lambda args, need_identity: gen)
     return cli_mod
 
@@ -311,11 +325,6 @@ def _wav(path, audio, sr=SR):
 def test_cli_animate_mp4_length_and_audio(cli, tmp_path, capsys):
     """Real speech (espeak-ng) at 22.05 kHz stereo in; the mp4 holds ceil(s*25) frames and the
     (resampled, downmixed) speech for the same duration."""
-    import av
-    from scipy.signal import resample_poly
-
-    from data_pipelines.synthetic import speech
-    from starcaster_jax.media import read_audio_from_video, read_video, save_image
     utt = speech.synthesize("hi there", "en-us", rate=300).audio[: int(0.45 * SR)]
     audio22 = resample_poly(utt, 22050, SR).astype(np.float32)
     wav = _wav(tmp_path / "s.wav", np.stack([audio22, 0.5 * audio22], -1), 22050)
@@ -346,7 +355,6 @@ def test_cli_synthesize_orbit_and_multiview(cli, tmp_path, capsys):
     out = str(tmp_path / "syn.mp4")
     assert cli.main(["--checkpoint", str(tmp_path), "--identity", str(emb), "--audio", wav,
                      "--views", "orbit", "--out", out, "--quiet", "--upscale", "2"]) == 0
-    from starcaster_jax.media import load_image, read_video, save_image, write_mp4
     frames, _ = read_video(out)
     assert frames.shape == (8, 64, 64, 3)
     # identity from an image, speech from a video file's audio track
@@ -369,7 +377,6 @@ def _bad_inputs(tmp):
     """(name, argv, expected message fragment) for every kind of bad input."""
     ok_wav = _wav(tmp / "ok.wav", speechlike(0.5))
     ok_img = str(tmp / "ok.png")
-    from starcaster_jax.media import save_image
     save_image(ok_img, reference_image(0))
     junk_img = tmp / "junk.png"
     junk_img.write_bytes(b"\x89PNG\r\n not really")
@@ -421,7 +428,7 @@ def _write_workdir(tmp_path, cfg, parts, name="work", **model_over):
     c.model.unet.update(model_over)
     be.save(c.model.encoders_dir, "vae", parts.vae, None, None)
     be.save(c.model.encoders_dir, "audio", parts.audio_encoder, None, None)
-    ident = G.random_module(lambda: BuiltinIdentityEncoder(BuiltinIdentityConfig(), rngs=InitRngs(0)), 4)
+    ident = random_module(lambda: BuiltinIdentityEncoder(BuiltinIdentityConfig(), rngs=InitRngs(0)), 4)
     be.save(c.model.encoders_dir, "identity_cond", ident, None, None)
     params = {"model": nnx.to_pure_dict(nnx.state(parts.model, nnx.Param))}
     state = TrainState(step=jnp.int32(1), params=params, opt_state={}, ema=params,
@@ -437,7 +444,6 @@ def test_cli_checkpoint_problems_exit_2(cfg, parts, tmp_path, capsys):
     """A missing workdir, a checkpoint whose params do not fit its own stored config, and an
     explicit --config whose model differs from the stored one: one line each, exit 2, through
     the real loading path (``training.checkpoint.load_for_inference``)."""
-    from launch import generate as cli_mod
     wav = _wav(tmp_path / "ok.wav", speechlike(0.5))
     emb = tmp_path / "id.npy"
     np.save(emb, np.ones(512, np.float32))
@@ -458,8 +464,6 @@ def test_cli_checkpoint_problems_exit_2(cfg, parts, tmp_path, capsys):
 def test_cli_smoke_with_a_real_checkpoint(cfg, parts, tmp_path, capsys):
     """The generate CLI at `tiny` end to end from disk: an Orbax training workdir (the trainer's
     ``Checkpointer``) and an encoders directory (``builtin_encoders.save``), animate mode."""
-    from launch import generate as cli_mod
-    from starcaster_jax.media import read_video, save_image
     work = _write_workdir(tmp_path, cfg, parts)
     ref = save_image(str(tmp_path / "ref.png"), reference_image(9))
     out = str(tmp_path / "o.mp4")

@@ -13,9 +13,9 @@ import pytest
 from eval_fixtures import micro_config, write_checkpoint, write_encoders
 
 from configs import stage2_audio
+from starcaster_jax import inference as G
 from starcaster_jax.inference import chunking as C
 from starcaster_jax.inference import export as E
-from starcaster_jax.inference import generate as G
 from starcaster_jax.models import builtin_encoders as be
 from starcaster_jax.models.identity import resolve
 from starcaster_jax.models.identity.builtin import BuiltinIdentityConfig

@@ -15,7 +15,7 @@ MODELS = os.path.join(REPO, "starcaster_jax", "models")
 PENDING = {
     "starcaster_jax/models/audio/encoder.py":
         "build_audio_encoder loads model.audio.wav2vec2_path itself; its callers "
-        "(training/frozen.py, inference/generate.py) should call weights.wav2vec2.load_wav2vec2",
+        "(training/frozen.py, inference/loading.py) should call weights.wav2vec2.load_wav2vec2",
 }
 
 

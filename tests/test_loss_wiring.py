@@ -22,7 +22,8 @@ from flax import nnx
 from configs import stage2_audio
 from data_pipelines.schema import SAMPLES_PER_FRAME as SPF
 from starcaster_jax.diffusion.samplers import denoise_steps
-from starcaster_jax.inference.generate import Generator, SamplingSettings, random_module
+from starcaster_jax.inference.generate import Generator, SamplingSettings
+from starcaster_jax.inference.random_init import random_module
 from starcaster_jax.inference.views import IDENTITY_POSE
 from starcaster_jax.models.audio.alignment import encode_windows
 from starcaster_jax.models.conditioning import rebase_view

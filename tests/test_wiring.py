@@ -6,7 +6,7 @@ swapped argument, a shifted index or a silently dropped input fails.
   ``u + id_cfg (c_id - u) + audio_cfg (c_full - c_id)``.
 - Audio alignment: with a stub encoder whose features are local in time, perturbing the audio of
   frame k changes exactly window entry ``k - f + w`` of the frames f = k-w..k+w, at the inference
-  call site (``chunk_audio`` + ``chunk_audio_windows``) and at the training one (``VideoWindow`` +
+  call site (``chunk_audio`` + ``encode_windows``) and at the training one (``VideoWindow`` +
   ``losses.audio_windows``), and the two give the same windows for the same frames.
 - View: the view embedding receives the pose itself (not zeros) and every temporal block receives
   that embedding; two poses give different outputs; a dropped view gives the null-view output.
@@ -23,11 +23,12 @@ from flax import nnx
 
 from configs import stage2_audio
 from data_pipelines import transforms as T
+from starcaster_jax import inference as G
 from starcaster_jax.diffusion import chunk as chunk_lib
 from starcaster_jax.inference import chunking as C
 from starcaster_jax.inference import export as E
-from starcaster_jax.inference import generate as G
 from starcaster_jax.inference import serve as S
+from starcaster_jax.models.audio.alignment import encode_windows
 from starcaster_jax.models.conditioning import ViewEmbedding
 from starcaster_jax.models.rngs import InitRngs
 from starcaster_jax.models.starcaster import STARCaster
@@ -177,7 +178,7 @@ def test_inference_audio_windows_are_aligned(cfg):
     enc, w = LocalAudio(), int(cfg.model.audio.window)
     slots = 5
     audio = speechlike(40 / 25, 3)                                   # 40 frames of speech
-    windows = jax.jit(lambda a: G.chunk_audio_windows(enc, a, slots, w))
+    windows = jax.jit(lambda a: encode_windows(enc, a, slots, w))
 
     def wins(a, slot0):
         return windows(jnp.asarray(C.chunk_audio(a, slot0, slots, w))[None])  # [1, F, 2w+1, 1, 2]
@@ -205,7 +206,7 @@ def test_training_audio_windows_are_aligned_and_match_inference(cfg):
            "id_vector_valid": True, "id_label": 0}
     vw = T.VideoWindow(t, audio_window=w)
     windows = jax.jit(lambda a: L.audio_windows({"audio": enc}, a, t, lc))
-    infer = jax.jit(lambda a: G.chunk_audio_windows(enc, a, t, w))
+    infer = jax.jit(lambda a: encode_windows(enc, a, t, w))
     starts = set()
     for seed in range(6):
         ex = vw.random_map(rec, np.random.default_rng(seed))

@@ -17,4 +17,5 @@ from starcaster_jax.diffusion.schedules import (
     SamplingGrid,
     expand_to,
     make_schedule,
+    schedule_from_config,
 )

@@ -33,6 +33,7 @@ __all__ = [
     "DDPMSchedule",
     "FlowSchedule",
     "make_schedule",
+    "schedule_from_config",
     "expand_to",
     "shift_sigma",
 ]
@@ -189,3 +190,18 @@ def make_schedule(cfg) -> DDPMSchedule | FlowSchedule:
     kind = cfg.pop("type", "ddpm")
     cls = {"ddpm": DDPMSchedule, "flow": FlowSchedule}[kind]
     return cls(**cfg)
+
+
+def schedule_from_config(diffusion_cfg) -> DDPMSchedule | FlowSchedule:
+    """The schedule a config's ``diffusion`` section names: the one rule training
+    (``LossConfig``) and sampling (``Generator``) both build from, so they cannot disagree.
+    A bad field raises ``ValueError`` with a one-line message naming it."""
+    d = diffusion_cfg
+    if d.schedule == "flow":
+        shift = float(d.flow_shift)
+        if not shift > 0:
+            raise ValueError(f"config diffusion.flow_shift: expected a positive number, got {d.flow_shift!r}")
+        return FlowSchedule(shift=shift)
+    if d.schedule == "ddpm":
+        return DDPMSchedule(zero_terminal_snr=bool(d.zero_terminal_snr))
+    raise ValueError(f"config diffusion.schedule: expected 'ddpm' or 'flow', got {d.schedule!r}")

@@ -1,6 +1,7 @@
-"""The NumPy side of generation, shared by :mod:`~starcaster_jax.inference.generate` (training
+"""The side of generation shared by :mod:`~starcaster_jax.inference.generate` (training
 checkpoints) and :mod:`~starcaster_jax.inference.serve` (exported artefacts): chunk planning,
-per-chunk audio and view inputs, input checks. No Flax here, so serving needs only JAX.
+per-chunk audio and view inputs, input checks, and the chunk loop itself (:func:`run_chunks`),
+so both produce the same video from the same inputs. No Flax here, so serving needs only JAX.
 
 The chunk layout is described in ``generate.py``'s module docstring.
 """
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import jax.numpy as jnp
 import numpy as np
 
 from starcaster_jax.inference import views as views_lib
@@ -115,6 +117,40 @@ def chunk_context(zeros, ctx_lat, ch: Chunk, k: int):
     return mask, zeros.at[:, :k].set(src)
 
 
+def run_chunks(sample: Callable, decode: Callable, audio: np.ndarray, chunks: list[Chunk], *,
+               slots: int, context: int, window: int, latent_shape: tuple,
+               encode_reference: Callable | None = None, poses: np.ndarray | None = None,
+               view_reference: str = "chunk", latent_hook: Callable | None = None) -> Iterator[np.ndarray]:
+    """The chunk loop of generation and serving (layout: ``generate.py``'s module docstring),
+    one function so that a checkpoint and its exported artefact give the same video: uint8
+    frames ``[n, H, W, 3]`` per chunk, produced as it is iterated. Only the last ``context``
+    latents live between chunks, so memory does not grow with the length of the video.
+
+    Per chunk, its clean context (:func:`chunk_context`), view (:func:`slot_views`; the dropped
+    null view when ``poses`` is None) and audio span (:func:`chunk_audio`) go to
+    ``sample(chunk, audio, context, context_mask, view, drop_view) -> latents [1, T, h, w, c]``;
+    ``latent_hook(chunk, latents) -> latents`` may replace them before they are decoded
+    (``decode(latents [1, n, h, w, c])``) and carried into the next chunk.
+    ``encode_reference() -> [1, 1, h, w, c]`` is the reference image's latent (animate mode;
+    None: synthesize), called once, when the first chunk is made.
+    """
+    animate = encode_reference is not None
+    zeros = jnp.zeros((1, slots) + tuple(latent_shape), jnp.float32)        # [1, T, h, w, c]
+    ctx_lat = encode_reference() if animate else None                        # [1, 1, h, w, c]
+    no_view = jnp.asarray(views_lib.static(slots))[None]                     # [1, T, 6], ignored when dropped
+    drop_view = jnp.asarray([poses is None])                                 # [1]
+    for ch in chunks:
+        mask, ctx = chunk_context(zeros, ctx_lat, ch, context)              # [1, T], [1, T, h, w, c]
+        view = no_view if poses is None else jnp.asarray(
+            slot_views(poses, ch.slot0, slots, animate, view_reference))[None]
+        span = jnp.asarray(chunk_audio(audio, ch.slot0, slots, window))[None]  # [1, (T+2w)*640]
+        lat = sample(ch, span, ctx, jnp.asarray(mask), view, drop_view)      # [1, T, h, w, c]
+        if latent_hook is not None:
+            lat = latent_hook(ch, lat)
+        ctx_lat = lat[:, slots - context:] if context else None             # [1, K, h, w, c] carried over
+        yield decode(lat[:, ch.num_context:ch.num_context + ch.num_new])
+
+
 def check_poses(poses, num_frames: int) -> np.ndarray:
     """A view trajectory ``[N, 6]`` fitted to ``num_frames`` (``views.fit_length``)."""
     poses = np.asarray(poses, np.float32)
@@ -161,7 +197,7 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     crop = np.ascontiguousarray(image[y0:y0 + s, x0:x0 + s])
     if s == size:
         return crop
-    import cv2
+    import cv2  # noqa: PLC0415 (the media extra)
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_LINEAR)
 
 

@@ -35,8 +35,13 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from safetensors.flax import save_file
 
 from starcaster_jax.inference.chunking import SAMPLES_PER_FRAME, GenerationError
+from starcaster_jax.inference.generate import Generator, SamplingSettings
+from starcaster_jax.inference.loading import load_parts
+from starcaster_jax.models.identity import resolve as identity_resolve
 
 FORMAT = "starcaster-jax-export/1"
 PARAMS_FILE = "params.safetensors"
@@ -86,12 +91,6 @@ def export_generator(gen, out_dir: str, *, settings=None, identity_encoder=None,
     (a built-in encoder is exported as ``identity`` so that a served reference image gives its
     own embedding; an ONNX ArcFace runs on the host, outside any exportable program, so it is
     named in the manifest and a served reference needs its embedding passed in)."""
-    from flax import nnx
-    from safetensors.flax import save_file
-
-    from starcaster_jax.inference.generate import SamplingSettings
-    from starcaster_jax.models.identity import resolve as identity_resolve
-
     if dtype not in EXPORT_DTYPES:
         raise GenerationError(f"--dtype: expected one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
     platforms = tuple(platforms or (jax.default_backend(),))
@@ -201,8 +200,6 @@ def export_generator(gen, out_dir: str, *, settings=None, identity_encoder=None,
 def export_checkpoint(checkpoint: str, out_dir: str, *, use_ema: bool = True, settings_overrides=None,
                       dtype: str = "bfloat16", platforms=None) -> dict:
     """A training workdir -> an artefact (``launch/export.py``)."""
-    from starcaster_jax.inference.generate import Generator, SamplingSettings, load_parts
-    from starcaster_jax.models.identity import resolve as identity_resolve
     parts = load_parts(checkpoint, use_ema=use_ema, need_identity=False)
     try:   # the encoder training and generation resolve (None: the artefact takes embeddings only)
         ident = identity_resolve.resolve_identity_encoder(parts.config.model, base_dir=checkpoint)

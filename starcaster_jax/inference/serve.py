@@ -8,9 +8,9 @@ safetensors alone — no Flax, Optax, Orbax, Grain or model code is imported.
     python -m starcaster_jax.inference.serve --artefact export/ --audio speech.wav \
         (--reference face.png | --identity id.npy) [--views orbit] [--seed 0] --out out.mp4
 
-The chunk loop is the one of :class:`~starcaster_jax.inference.generate.Generator` (same
-planning, audio windows, view inputs, context carry-over and per-chunk seeds, from
-``inference/chunking.py``), so an f32 artefact reproduces the checkpoint's generation.
+The chunk loop is the one of :class:`~starcaster_jax.inference.generate.Generator`
+(``chunking.run_chunks``: same planning, audio spans, view inputs, context carry-over and
+per-chunk seeds), so an f32 artefact reproduces the checkpoint's generation.
 """
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.flax import load_file
 
 from starcaster_jax.inference import chunking as C
 from starcaster_jax.inference import views as views_lib
+from starcaster_jax.media.video import MediaError, VideoWriter, load_image
 
 FORMAT = "starcaster-jax-export/1"
 
@@ -35,7 +37,6 @@ class Server:
     ``identity_from_image``. Problems with the artefact or the inputs raise ``GenerationError``."""
 
     def __init__(self, path: str, *, device=None):
-        from safetensors.flax import load_file
         path = os.fspath(path)
         mpath = os.path.join(path, "manifest.json")
         if not os.path.isfile(mpath):
@@ -112,35 +113,26 @@ class Server:
         if poses is not None:
             poses = C.check_poses(poses, n)
         chunks = C.plan_chunks(n, self.slots, self.context, animate=animate)
-        return self._chunks(audio, chunks, reference, id_vec, poses, int(seed), view_reference)
 
-    def _chunks(self, audio, chunks, reference, id_vec, poses, seed, view_reference):
-        slots, k = self.slots, self.context
-        animate = reference is not None
-        zeros = jnp.zeros((1, slots) + self.latent_shape, jnp.float32)
-        ctx_lat = None
-        if animate:
-            ctx_lat = self._call("encode", jnp.asarray(C.prepare_image(reference, self.resolution))[None, None])
-        no_view = jnp.asarray(views_lib.static(slots))[None]
-        drop_view = jnp.asarray([poses is None])
-        for ch in chunks:
-            mask, context = C.chunk_context(zeros, ctx_lat, ch, k)
-            view = no_view if poses is None else jnp.asarray(
-                C.slot_views(poses, ch.slot0, slots, animate, view_reference))[None]
-            a = jnp.asarray(C.chunk_audio(audio, ch.slot0, slots, self.window))[None]
-            args = [a, context, jnp.asarray(mask), view, drop_view]
+        def sample(ch, span, context, mask, view, drop_view):
+            args = [span, context, mask, view, drop_view]
             if id_vec is not None:
-                lat = self._call("chunk", *args, jnp.asarray(id_vec)[None], jnp.int32(seed), jnp.int32(ch.index))
-            else:
-                lat = self._call("chunk_noid", *args, jnp.int32(seed), jnp.int32(ch.index))
-            ctx_lat = lat[:, slots - k:] if k else None
-            yield self.decode(lat[:, ch.num_context:ch.num_context + ch.num_new])
+                return self._call("chunk", *args, jnp.asarray(id_vec)[None], jnp.int32(seed), jnp.int32(ch.index))
+            return self._call("chunk_noid", *args, jnp.int32(seed), jnp.int32(ch.index))
+
+        def encode_reference():   # [1, 1, h, w, c]
+            return self._call("encode", jnp.asarray(C.prepare_image(reference, self.resolution))[None, None])
+
+        return C.run_chunks(sample, self.decode, audio, chunks, slots=self.slots, context=self.context,
+                            window=self.window, latent_shape=self.latent_shape,
+                            encode_reference=encode_reference if animate else None, poses=poses,
+                            view_reference=view_reference)
 
 
 def read_speech(path: str) -> np.ndarray:
     """A WAV/FLAC/OGG file -> float32 mono 16 kHz (downmixed, resampled), checked."""
-    import soundfile
-    from scipy.signal import resample_poly
+    import soundfile  # noqa: PLC0415 (the media extra)
+    from scipy.signal import resample_poly  # noqa: PLC0415 (the media extra)
     if not os.path.isfile(path):
         raise C.GenerationError(f"{path}: no such audio file")
     try:
@@ -168,7 +160,6 @@ def main(argv=None) -> int:
     if (a.reference is None) == (a.identity is None):
         ap.error("give exactly one of --reference or --identity")
     try:
-        from starcaster_jax.media.video import MediaError, VideoWriter, load_image
         server = Server(a.artefact)
         audio = read_speech(a.audio)
         ref = load_image(a.reference) if a.reference else None

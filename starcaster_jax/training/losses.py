@@ -20,9 +20,11 @@ import jax.numpy as jnp
 
 from data_pipelines.schema import SAMPLES_PER_FRAME
 from starcaster_jax.diffusion import objectives as obj
-from starcaster_jax.diffusion.schedules import make_schedule
+from starcaster_jax.diffusion.schedules import schedule_from_config
 from starcaster_jax.models.audio.alignment import encode_windows
 from starcaster_jax.models.conditioning import rebase_view
+from starcaster_jax.models.identity import resolve as identity_resolve
+from starcaster_jax.models.lipreading import boxes_in_window, crop_windows, lip_loss, mouth_window
 from starcaster_jax.training import frozen as frozen_lib
 
 # (yaw, pitch, roll, tx, ty, scale) of a frame seen from its own view (the reference image's).
@@ -65,14 +67,9 @@ class LossConfig:
     def from_config(cls, config) -> LossConfig:
         t = config.train
         d = config.diffusion
-        sched = dict(type=d.schedule)
-        if d.schedule == "ddpm":
-            sched["zero_terminal_snr"] = bool(d.zero_terminal_snr)
-        else:
-            sched["shift"] = float(d.flow_shift)
         layers = config.model.audio.layers
         return cls(
-            schedule=make_schedule(sched), objective=d.objective,
+            schedule=schedule_from_config(d), objective=d.objective,
             weighting=d.loss_weighting or None, min_snr_gamma=float(d.min_snr_gamma),
             num_frames=int(config.data.num_frames), context_frames=int(config.data.context_frames),
             p_context=float(t.p_context), p_reference_context=float(t.p_reference_context),
@@ -100,7 +97,6 @@ def identity_embedding(nets, batch, lc: LossConfig):
     """[B, 512] unit identity embedding from the reference (first) frame, the record, or the
     ground-truth vector, per ``model.identity.source``."""
     if lc.identity_source == "encoder":   # model.identity.encoder, as generation embeds a reference
-        from starcaster_jax.models.identity import resolve as identity_resolve
         return jax.lax.stop_gradient(identity_resolve.embed_frames(nets["identity"], batch["frames"][:, 0]))
     if lc.identity_source == "precomputed":
         e = batch["identity"].astype(jnp.float32)
@@ -162,7 +158,6 @@ def mouth_latent_window(x0_hat, mouth_box, size: int):
     h, w = x0_hat.shape[2:4]
     if size <= 0 or size >= min(h, w):
         return None
-    from starcaster_jax.models.lipreading import mouth_window
     return mouth_window(mouth_box, (h, w), size)
 
 
@@ -180,7 +175,6 @@ def lip_inputs(vae, x0_hat, frames, mouth_box, context_mask, size: int):
     the generated ones), not the model's prediction."""
     corner = mouth_latent_window(x0_hat, mouth_box, size)
     if corner is not None:
-        from starcaster_jax.models.lipreading import boxes_in_window, crop_windows
         f = frames.shape[2] // x0_hat.shape[2]                                # VAE factor
         mouth_box = boxes_in_window(mouth_box, corner, size, frames.shape[2:4], f)
         frames = crop_windows(frames, corner, size, f)                        # [B, T, S*f, S*f, 3]
@@ -195,7 +189,6 @@ def noise_weighted_lip_loss(nets, x0_hat, t, frames, mouth_box, context_mask, lc
     frame towards low noise and normalised by the number of supervised (non-context) frames, so
     a batch drawn at high noise really gets a small lip loss. Only the mouth window of x̂0 is
     decoded when ``lc.lip_latent_crop`` is set (:func:`lip_inputs`)."""
-    from starcaster_jax.models.lipreading import lip_loss
     gen, gt, boxes = lip_inputs(nets["vae"], x0_hat, frames, mouth_box, context_mask,
                                 lc.lip_latent_crop)
     keep = (~context_mask).astype(jnp.float32)                               # [B, T]

@@ -32,7 +32,8 @@ from jax.experimental import multihost_utils
 from starcaster_jax.evaluation import synthetic as S
 from starcaster_jax.evaluation.baselines import with_model_state
 from starcaster_jax.inference.chunking import GenerationError
-from starcaster_jax.inference.generate import Generator, encoder_parts
+from starcaster_jax.inference.generate import Generator
+from starcaster_jax.inference.loading import encoder_parts
 from starcaster_jax.training import lora as lora_lib
 
 log = logging.getLogger(__name__)

@@ -118,7 +118,7 @@ def vae_from_torch_state_dict(model: AutoencoderKL, sd: Mapping[str, Any], *,
 def vae_path_from_config(model_cfg) -> str:
     """The imported VAE a config names, or "" (use the built-in one from ``encoders_dir``).
 
-    The one rule training (``training/frozen.py``) and inference (``inference/generate.py``)
+    The one rule training (``training/frozen.py``) and inference (``inference/loading.py``)
     share, so a model never trains on one VAE's latents and decodes with another:
     ``model.vae_checkpoint`` wins, else ``model.pretrained.vae``.
     """

@@ -4,7 +4,7 @@
 Why one function: the identity tokens the denoiser learns to read come from this embedding. If
 training embedded the reference frame with one network and generation or a served artefact with
 another, the model would be conditioned at inference on vectors it never saw. Training
-(``training/frozen.py``), generation (``inference/generate.py:load_parts``) and export
+(``training/frozen.py``), generation (``inference/loading.py:load_parts``) and export
 (``inference/export.py:export_checkpoint``) all call :func:`resolve_identity_encoder` and embed
 with :func:`embed_frames`, so they cannot disagree.
 
