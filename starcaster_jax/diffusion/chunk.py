@@ -2,8 +2,7 @@
 and the self-forcing rollout (training) call, so the context self-forcing trains on is made by
 exactly the sampler, grid and guidance inference uses ("train what you infer", DESIGN §4).
 
-The denoiser contract is STARCaster's ``model(x, t, *, id_emb, audio_windows, view,
-context_mask, drop_id, drop_audio, drop_view)``; guidance mixes the nested branches
+The denoiser contract is STARCaster's ``model(x, t, **Conditioning(...).kwargs())``; guidance mixes the nested branches
 (:func:`~starcaster_jax.diffusion.guidance.guided_model_fn`).
 """
 from __future__ import annotations
@@ -13,6 +12,7 @@ import jax.numpy as jnp
 
 from starcaster_jax.diffusion.guidance import guided_model_fn
 from starcaster_jax.diffusion.samplers import sample
+from starcaster_jax.models.conditioning import Conditioning
 
 
 def chunk_noise(rng, shape, dtype=jnp.float32):
@@ -34,17 +34,11 @@ def sample_chunk(model, noise, *, context, context_mask, id_emb, audio_windows, 
     bool. ``drop_id`` / ``drop_audio [B]`` (optional) drop a condition in every guidance branch
     (a sample trained without it is rolled out without it).
     """
-    cond = {"id_emb": id_emb, "audio_windows": audio_windows, "view": view, "drop_view": drop_view,
-            "context_mask": context_mask}
-    if drop_id is not None:
-        cond["drop_id"] = drop_id
-    if drop_audio is not None:
-        cond["drop_audio"] = drop_audio
+    cond = Conditioning(id_emb=id_emb, audio_windows=audio_windows, view=view, drop_view=drop_view,
+                        context_mask=context_mask, drop_id=drop_id, drop_audio=drop_audio)
 
-    def cond_model_fn(x, t, c):
-        return model(x, t, id_emb=c["id_emb"], audio_windows=c["audio_windows"], view=c["view"],
-                     context_mask=c["context_mask"], drop_id=c["drop_id"], drop_audio=c["drop_audio"],
-                     drop_view=c["drop_view"])
+    def cond_model_fn(x, t, c: Conditioning):
+        return model(x, t, **c.kwargs())
 
     fn = guided_model_fn(cond_model_fn, cond, s_id=s_id, s_audio=s_audio)
     return sample(fn, noise, schedule=schedule, objective=objective, sampler=sampler, steps=int(steps),

@@ -2,15 +2,11 @@
 
 Conditional denoiser contract (what the STARCaster model exposes to the samplers)::
 
-    cond_model_fn(x [B, F, H, W, C], t [B, F], cond) -> raw prediction [B, F, H, W, C]
+    cond_model_fn(x [B, F, H, W, C], t [B, F], cond: Conditioning) -> raw prediction [B, F, H, W, C]
 
-    cond = {
-      "id_tokens":    [B, N_id, D] or None,
-      "audio_tokens": [B, F, N_a, D] or None,
-      "view":         [B, F, 6] or None,
-      "drop_id":      [B] bool   True -> the model uses its null identity instead of id_tokens,
-      "drop_audio":   [B] bool   True -> the model uses its null audio instead of audio_tokens,
-    }
+``cond`` is a :class:`~starcaster_jax.models.conditioning.Conditioning` (identity embedding,
+audio windows, view, context mask and the ``drop_*`` flags). Guidance only sets
+``drop_id`` / ``drop_audio`` ([B] bool: True -> the model uses its null identity / audio).
 
 The same ``drop_*`` flags implement CFG dropout during training (``p_id``, ``p_audio``), so the
 null conditions seen at sampling are exactly the trained ones. Every array leaf of ``cond`` has
@@ -31,10 +27,12 @@ model call (concatenated along batch). Hence:
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+
+from starcaster_jax.models.conditioning import Conditioning
 
 __all__ = [
     "guidance_weights",
@@ -53,23 +51,23 @@ def guidance_weights(s_id, s_audio):
     return (1.0 - s_id, s_id - s_audio, s_audio)
 
 
-def with_drop_flags(cond: Mapping, batch: int, drop_id=False, drop_audio=False) -> dict:
+def with_drop_flags(cond: Conditioning, batch: int, drop_id=False, drop_audio=False) -> Conditioning:
     """Copy of ``cond`` with ``drop_id``/``drop_audio`` [B] set to (existing flags OR given)."""
-    out = dict(cond)
-    for key, val in (("drop_id", drop_id), ("drop_audio", drop_audio)):
-        old = cond.get(key)
+    def merged(old, val):
         new = jnp.broadcast_to(jnp.asarray(val, bool), (batch,))
-        out[key] = new if old is None else jnp.logical_or(jnp.asarray(old, bool), new)
-    return out
+        return new if old is None else jnp.logical_or(jnp.asarray(old, bool), new)
+
+    return cond.replace(drop_id=merged(cond.drop_id, drop_id),
+                        drop_audio=merged(cond.drop_audio, drop_audio))
 
 
-def nested_conditions(cond: Mapping, batch: int):
+def nested_conditions(cond: Conditioning, batch: int):
     """The three condition sets ``[uncond, id, id+audio]`` (same tensors, different flags)."""
     return [with_drop_flags(cond, batch, di, da) for di, da in _BRANCHES]
 
 
 def concat_conditions(conds):
-    """Concatenate condition dicts along batch; ``None`` entries stay ``None``."""
+    """Concatenate conditionings along batch; ``None`` fields stay ``None``."""
     return jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *conds)
 
 
@@ -77,7 +75,7 @@ def _is_zero(w) -> bool:
     return isinstance(w, (int, float)) and w == 0
 
 
-def guided_model_fn(cond_model_fn: Callable, cond: Mapping, *, s_id=1.0, s_audio=1.0):
+def guided_model_fn(cond_model_fn: Callable, cond: Conditioning, *, s_id=1.0, s_audio=1.0):
     """Wrap ``cond_model_fn(x, t, cond)`` into the sampler's ``model_fn(x, t)`` with nested CFG.
 
     ``s_id``/``s_audio`` may be python floats (zero-weight branches are pruned at trace time)

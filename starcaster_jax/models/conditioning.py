@@ -1,11 +1,32 @@
-"""Embeddings of the per-frame scalars the denoiser is conditioned on: timestep and view."""
+"""What the denoiser is conditioned on: the ``Conditioning`` pytree, and the embeddings of the
+per-frame scalars (timestep and view)."""
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from starcaster_jax.models.layers import Dense, LayerNorm, timestep_embedding
+
+
+@struct.dataclass
+class Conditioning:
+    """Every input of STARCaster besides ``x`` and ``t``, as one pytree: guidance tiles and
+    concatenates it per branch (``jax.tree.map``), ``jit`` traces it, training and generation
+    build the same object. ``None`` = the condition is absent (an empty subtree)."""
+    id_emb: jax.Array | None = None         # [B, 512] unit identity embedding
+    audio_windows: jax.Array | None = None  # [B, F, 2w+1, L, D] encoder features per frame
+    view: jax.Array | None = None           # [B, F, 6] relative head pose
+    context_mask: jax.Array | None = None   # [B, F] True on clean context slots
+    drop_id: jax.Array | None = None        # [B] bool: use the null identity (CFG)
+    drop_audio: jax.Array | None = None     # [B] bool: use the null audio (CFG)
+    drop_view: jax.Array | None = None      # [B] bool: no view signal (invent the motion)
+
+    def kwargs(self) -> dict:
+        """The keyword arguments of ``STARCaster.__call__``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 class TimestepEmbedding(nnx.Module):
