@@ -45,7 +45,7 @@ setup(
         # MediaPipe landmarks/detector (--landmarks, --detector mediapipe). Not in `make install`:
         # it pulls opencv-contrib-python 5.x, which shadows the 4.x cv2 whose Haar cascades we use.
         "landmarks": ["mediapipe>=1.0"],
-        # Ahead-of-time compilation for Cloud TPU topologies on any machine (starcaster_jax/tpu_plan.py);
+        # Ahead-of-time compilation for Cloud TPU topologies on any machine (starcaster_jax/tpu_plan/);
         # matches jax 0.10.2. One libtpu process at a time unless ALLOW_MULTIPLE_LIBTPU_LOAD=1.
         "tpu": ["libtpu==0.0.51"],
     },

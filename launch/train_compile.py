@@ -7,11 +7,12 @@ compiled ahead of time for that topology by XLA:TPU on this (CPU-only) machine.
 
 Needs the ``tpu`` extra (``pip install -e '.[tpu]'``: libtpu). Nothing is allocated: the train
 state and batch are abstract, with the shardings the logical-axis rules give them. Prints one
-markdown table per program (``grads:<kind>`` per train step kind the config enables, the shared
-``update``, the ``generate_chunk`` sampler): per-chip memory (params, optimiser state, EMA,
-frozen networks, batch, temporaries, outputs; total against the chip's HBM), FLOPs (XLA's plus
-the analytic FLOPs of the splash kernels, which XLA counts as ~0), collective bytes by kind, a
-roofline step time and MFU at the chip's bf16 peak. Multi-slice (``--num_slices=N``) puts
+markdown table per program (``grads:<kind>`` per train step kind the config enables and the
+shared ``update``, or one ``step:<kind>`` per kind with ``optim.update_program=fused``; the
+``generate_chunk`` sampler): per-chip memory (params, optimiser state, EMA, frozen networks,
+batch, temporaries, outputs; total against the chip's HBM), FLOPs (XLA's plus the analytic
+FLOPs of the splash kernels, which XLA counts as ~0), collective bytes by kind, a roofline step
+time and MFU at the chip's bf16 peak. Multi-slice (``--num_slices=N``) puts
 ``mesh.data`` over the slices.
 
 Exit status 0 when every program fits; 2 with one ``error:`` line (misuse: unknown topology,
@@ -61,13 +62,16 @@ def main(argv) -> int:
     if FLAGS.num_slices < 1:
         return _error(f"--num_slices={FLAGS.num_slices}: must be >= 1")
     config = FLAGS.config
+    try:
+        fused = not tp.separate_update(config)
+    except ValueError as e:
+        return _error(str(e))
     kinds = tp.kinds_of(config)
-    runs = kinds + ["update", "generate"]
+    runs = kinds + ([] if fused else ["update"]) + ["generate"]
     wanted = [p.strip() for p in FLAGS.programs.split(",") if p.strip()] or runs
     bad = [p for p in wanted if p not in runs]
     if bad:
         return _error(f"--programs: {','.join(bad)} not run by this config (it runs {','.join(runs)})")
-
 
     import jax  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     # executables compiled for a topology cannot be reloaded from a persistent cache here

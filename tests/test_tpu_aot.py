@@ -6,7 +6,7 @@ What is checked is what the *compiled* programs take and allocate, not what we a
 parameters, optimiser state and EMA arrive sharded (~1/4 per chip), XLA's own argument sizes
 agree, no activation of the sharded grads program is as large as a replicated batch would make
 it, and splash kernels are really in the programs. Plus the plan CLI's misuse and does-not-fit
-exits.
+exits, multi-slice, and the fused step (``optim.update_program=fused``).
 """
 import logging
 import os
@@ -190,3 +190,28 @@ def test_multislice_compiles():
     assert report.fits
     r = _ratio(prog.groups(tp.compiled_args(prog, compiled))["params"])
     assert 1 / FSDP <= r <= 1 / FSDP + 0.04, r
+
+
+@pytest.mark.slow
+def test_fused_step_compiles_as_one_program():
+    """``optim.update_program=fused``: one program per kind (``step:video``) and no update
+    program of its own; it reads the whole train state in its shards (~1/4 per chip) and
+    donates it (the new state is aliased onto the old)."""
+    tp.quiet_libtpu(TOPOLOGY)
+    config = _tiny_config()
+    config.optim.update_program = "fused"
+    chip, devices = tp.topology_devices(TOPOLOGY)
+    mesh = tp.tpu_mesh(config, devices)
+    progs = tp.lower_programs(config, mesh, ("video", "update"))
+    assert [p.name for p in progs] == ["step:video"]
+    (prog,) = progs
+    compiled, hlo = tp.compile_program(prog)
+    report = tp.analyse(prog, compiled, hlo, chip)
+    assert report.fits and report.kernel_calls > 0 and report.step_time > 0
+    assert "splash_mha_dkv" in hlo
+    groups = prog.groups(tp.compiled_args(prog, compiled))
+    for group in ("params", "opt_state", "ema"):
+        r = _ratio(groups[group])
+        assert 1 / FSDP <= r <= 1 / FSDP + 0.04, (group, r)
+    state = sum(report.groups[k] for k in ("params", "opt_state", "ema"))
+    assert report.alias >= 0.9 * state, (report.alias, state)
