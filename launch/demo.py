@@ -16,11 +16,13 @@ clock (`--stage_minutes`), so the demo fits its 15 minutes on any machine, more 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
 
 from launch import cli
+from launch import train_encoders as te
 
 DEMO_SENTENCE = "Hello! I am a talking head, made from speech."
 # The demo's sampler: DPM-Solver++(2M) in 6 steps (the config's DDIM/10 costs 1.7x as long).
@@ -32,7 +34,7 @@ def _log(msg: str) -> None:
 
 
 def build_corpus(workdir: str) -> str:
-    from data_pipelines.synthetic import build
+    from data_pipelines.synthetic import build  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     data = os.path.join(workdir, "data")
     if not os.path.isdir(os.path.join(data, "starcaster_synthetic")):
         rc = build.main(["--out", data, "--preset", "demo"])
@@ -44,7 +46,6 @@ def build_corpus(workdir: str) -> str:
 def train_encoders(workdir: str, data: str) -> str:
     enc = os.path.join(workdir, "encoders")
     if not os.path.isfile(os.path.join(enc, "summary.json")):
-        from launch import train_encoders as te
         rc = te.main(["--data", data, "--workdir", workdir, "--config", "configs/stage2_audio.py:demo"])
         if rc:
             raise SystemExit(rc)
@@ -70,9 +71,9 @@ def stage_config(module, data: str, encoders: str, minutes: float, init_from: st
 
 
 def train_stages(workdir: str, data: str, encoders: str, minutes: float) -> str:
-    from configs import stage1_motion, stage2_audio, stage3_views
-    from starcaster_jax.training.checkpoint import checkpoint_dir
-    from starcaster_jax.training.loop import train
+    from configs import stage1_motion, stage2_audio, stage3_views  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.training.checkpoint import checkpoint_dir  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.training.loop import train  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     prev = ""
     for seed, (name, module) in enumerate((("stage1", stage1_motion), ("stage2", stage2_audio),
                                            ("stage3", stage3_views))):
@@ -90,7 +91,7 @@ def train_stages(workdir: str, data: str, encoders: str, minutes: float) -> str:
 def held_out_reference(data: str):
     """Two test-split records (identities never seen in training): one to animate, one whose
     identity embedding drives the synthesize video."""
-    from data_pipelines.sources import default_spec, make_source
+    from data_pipelines.sources import default_spec, make_source  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     src = make_source(default_spec("video", data, "test"), "video", split="test", root=data)
     recs = [src[i] for i in range(len(src))]
     recs = [r for r in recs if r is not None]
@@ -102,7 +103,7 @@ def held_out_reference(data: str):
 def score(frames, reference, mouth_box, visemes, ev) -> dict:
     """Evaluator-network scores of a generated clip (uint8 ``[T, H, W, 3]``) against the uint8
     reference it should look like and the visemes of its speech."""
-    import numpy as np
+    import numpy as np  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     n = min(len(frames), len(visemes))
     vis = np.asarray(visemes[:n], np.int32)
     boxes = np.broadcast_to(np.asarray(mouth_box, np.float32), (n, 4))
@@ -112,15 +113,15 @@ def score(frames, reference, mouth_box, visemes, ev) -> dict:
 
 
 def generate_videos(stage3: str, data: str, encoders: str, out: str) -> dict:
-    import numpy as np
+    import numpy as np  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
 
-    from data_pipelines.synthetic import speech
-    from data_pipelines.synthetic import visemes as V
-    from starcaster_jax.evaluation.synthetic import Evaluators
-    from starcaster_jax.inference import views
-    from starcaster_jax.inference.chunking import resize_square
-    from starcaster_jax.inference.generate import Generator, SamplingSettings
-    from starcaster_jax.media.video import save_image, write_mp4
+    from data_pipelines.synthetic import speech  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from data_pipelines.synthetic import visemes as V  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.evaluation.synthetic import Evaluators  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.inference import views  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.inference.chunking import resize_square  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.inference.generate import Generator, SamplingSettings  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.media.video import save_image, write_mp4  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     os.makedirs(out, exist_ok=True)
     utt = speech.synthesize(DEMO_SENTENCE, speech.VOICES_HELDOUT[-1])   # a voice unseen in training
     audio = utt.audio
@@ -160,10 +161,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stage_minutes", type=float, default=float(os.environ.get("DEMO_STAGE_MINUTES", 0.5)),
                     help="wall-clock training budget per stage")
     a = ap.parse_args(argv)
-    import jax
+    import jax  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.join(a.workdir, "jax_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    import logging
     logging.getLogger("absl").setLevel(logging.ERROR)
     t0 = time.perf_counter()
     times = {}

@@ -11,9 +11,9 @@ import pytest
 
 from configs import stage2_audio
 from data_pipelines.synthetic import tfds_builder
-from launch import train_encoders as te
 from starcaster_jax.evaluation import metrics as M
 from starcaster_jax.evaluation import synthetic as S
+from starcaster_jax.training import encoders as te
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ back (builtin_encoders.load) to modules with identical outputs; one-line errors 
 (slow) on the demo corpus they beat chance by a wide margin on held-out identities."""
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import pytest
 from flax import nnx
 
 import starcaster_jax  # noqa: F401  (disables eager sharding)
+from data_pipelines.synthetic import build
 from launch import train_encoders
 from starcaster_jax.models import builtin_encoders as be
 from starcaster_jax.models.audio.builtin import BuiltinAudioEncoder
@@ -25,7 +27,6 @@ TINY_CONFIG = os.path.join(REPO, "configs", "stage2_audio.py") + ":tiny"
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
-    from data_pipelines.synthetic import build
     d = tmp_path_factory.mktemp("corpus_tiny")
     assert build.main(["--out", str(d), "--preset", "tiny", "--workers", "1"]) == 0
     return str(d)
@@ -131,7 +132,6 @@ def test_load_errors_are_one_line(trained, tmp_path):
         be.load(str(tmp_path), "vae")
     assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
     # a lip reader's checkpoint under a config that describes another lip reader
-    import shutil
     bad = tmp_path / "bad"
     shutil.copytree(os.path.join(enc_dir, "lip_loss"), bad / "lip_loss")
     cfg = json.load(open(bad / "lip_loss" / "config.json"))
@@ -183,7 +183,6 @@ def test_cli_errors(tiny_corpus, tmp_path, capsys):
 
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory):
-    from data_pipelines.synthetic import build
     d = tmp_path_factory.mktemp("corpus_demo")
     assert build.main(["--out", str(d), "--preset", "demo", "--workers", "2"]) == 0
     return str(d)

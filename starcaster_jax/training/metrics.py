@@ -56,12 +56,13 @@ def device_peak_flops() -> float:
 
 
 class MetricWriter:
-    """Averages metrics per (stream) between writes; writes TensorBoard scalars on process 0."""
+    """Averages metrics per (stream) between writes; writes TensorBoard scalars on process 0
+    (``workdir=None``: none, only the averages and the progress bar)."""
 
-    def __init__(self, workdir: str, *, total_steps: int, progress: bool = True):
+    def __init__(self, workdir: str | None, *, total_steps: int, progress: bool = True):
         self.enabled = jax.process_index() == 0
         self.tb = None
-        if self.enabled:
+        if self.enabled and workdir is not None:
             self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         self.sums = collections.defaultdict(float)
         self.counts = collections.defaultdict(int)

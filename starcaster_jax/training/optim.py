@@ -64,9 +64,9 @@ def param_labels(params, groups: Sequence[Sequence[Any]]) -> Any:
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def lr_schedule(base_lr: float, schedule_cfg) -> optax.Schedule:
-    """Linear warm-up (from base_lr / warmup, so the first update is not a no-op) then cosine
-    decay to 10% or constant."""
+def lr_schedule(base_lr: float, schedule_cfg, *, warmup_from: float | None = None) -> optax.Schedule:
+    """Linear warm-up (from base_lr / warmup, so the first update is not a no-op; ``warmup_from``
+    overrides that start) then cosine decay to 10% or constant."""
     total = max(int(schedule_cfg.total_steps), 1)
     warm = min(int(schedule_cfg.warmup_steps), total - 1)
     decay = str(schedule_cfg.decay)
@@ -78,16 +78,18 @@ def lr_schedule(base_lr: float, schedule_cfg) -> optax.Schedule:
         raise ValueError(f"schedule.decay {decay!r}: expected 'cosine' or 'constant'")
     if warm <= 0:
         return main
-    ramp = optax.linear_schedule(base_lr / warm, base_lr, warm)
+    ramp = optax.linear_schedule(base_lr / warm if warmup_from is None else warmup_from, base_lr, warm)
     return optax.join_schedules([ramp, main], [warm])
 
 
-def make_optimizer(config, params, groups=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(config, params, groups=None, *,
+                   warmup_from: float | None = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """-> (transform, base LR schedule) for the trainable tree ``params``. ``groups`` (default
     ``optim.param_groups``) are the resolved ``(regex, "freeze" | lr multiplier)`` rules: the
-    trainer prepends the LoRA stage's freezing to the config's own."""
+    trainer prepends the LoRA stage's freezing to the config's own. ``warmup_from``: see
+    ``lr_schedule`` (the built-in encoders' schedules start at 0)."""
     o = config.optim
-    sched = lr_schedule(float(o.lr), config.schedule)
+    sched = lr_schedule(float(o.lr), config.schedule, warmup_from=warmup_from)
     labels = param_labels(params, o.param_groups if groups is None else groups)
     used = set(jax.tree.leaves(labels))
     if used == {"freeze"}:
