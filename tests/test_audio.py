@@ -53,7 +53,7 @@ TINY_BUILTIN = {"hidden_size": 16, "num_layers": 1, "num_heads": 2}
 def small_encoders():
     """(built-in, wav2vec2) small random encoders, built once for the module."""
     return (build_audio_encoder({"encoder": "builtin", "builtin": TINY_BUILTIN}),
-            build_audio_encoder({"encoder": "wav2vec2", "wav2vec2": SMALL}))
+            build_audio_encoder({"encoder": "wav2vec2", "wav2vec2": SMALL, "wav2vec2_path": ""}))
 
 
 def rel(a, b):
@@ -156,7 +156,7 @@ def test_wav2vec2_import_errors(tmp_path):
 
 
 def test_every_param_has_logical_axes():
-    enc = nnx.eval_shape(lambda: build_audio_encoder({"encoder": "wav2vec2", "wav2vec2": SMALL}))
+    enc = nnx.eval_shape(lambda: build_audio_encoder({"encoder": "wav2vec2", "wav2vec2": SMALL, "wav2vec2_path": ""}))
     bi = nnx.eval_shape(lambda: BuiltinAudioEncoder(BuiltinAudioConfig(hidden_size=32), rngs=InitRngs(0)))
     proj = nnx.eval_shape(lambda: AudioProjector(window=2, num_layers=3, in_dim=8, out_dim=16,
                                                  num_tokens=4, hidden_dim=32, rngs=InitRngs(0)))
@@ -203,11 +203,11 @@ def test_alignment_shapes_and_interpolation(small_encoders):
 
 def test_encoder_switch_and_tokens(small_encoders):
     for kind in ("builtin", "wav2vec2"):
-        cfg = {"encoder": kind, "wav2vec2": SMALL, "builtin": TINY_BUILTIN,
-               "window": 2, "layers": [0, 1], "num_tokens": 4, "token_dim": 24, "proj_hidden": 32}
+        cfg = {"encoder": kind, "wav2vec2": SMALL, "builtin": TINY_BUILTIN, "wav2vec2_path": "",
+               "window": 2, "layers": [0, 1], "num_tokens": 4, "proj_hidden": 32}
         enc = build_audio_encoder(cfg, rngs=InitRngs(0))
         assert isinstance(enc, AudioEncoder)
-        proj = build_audio_projector(cfg, enc, rngs=InitRngs(1))
+        proj = build_audio_projector(cfg, enc, 24, rngs=InitRngs(1))
         tokens = nnx.jit(lambda e, p, x: audio_tokens(e, p, x, 5, layers=cfg["layers"]))
         tok = tokens(enc, proj, jnp.ones((2, 640 * 5 + 3)) * 0.1)
         assert tok.shape == (2, 5, 4, 24) and bool(jnp.all(jnp.isfinite(tok)))

@@ -50,12 +50,13 @@ class AudioEncoder(Protocol):
     def encode(self, audio: jax.Array) -> jax.Array: ...
 
 
-def _get(cfg: Any, name: str, default=None):
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        return cfg.get(name, default)
-    return getattr(cfg, name, default) if hasattr(cfg, name) else default
+def _get(cfg: Any, name: str):
+    """A field of the ``model.audio`` section (ConfigDict or mapping); every one is declared in
+    configs/common.py, so a missing one is an error, never a silent default."""
+    try:
+        return cfg[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"model.audio.{name}: missing (declared in configs/common.py)") from None
 
 
 def _as_dict(x) -> dict:
@@ -66,7 +67,7 @@ def _as_dict(x) -> dict:
 
 def build_audio_encoder(cfg: Any, *, rngs: nnx.Rngs | None = None) -> AudioEncoder:
     """An encoder from the ``audio`` config section (see module docstring)."""
-    kind = _get(cfg, "encoder", "builtin")
+    kind = _get(cfg, "encoder")
     if kind not in ENCODERS:
         raise ValueError(f"audio.encoder: expected one of {ENCODERS}, got {kind!r}")
     rngs = rngs if rngs is not None else InitRngs(0)
@@ -83,11 +84,12 @@ def build_audio_encoder(cfg: Any, *, rngs: nnx.Rngs | None = None) -> AudioEncod
     return BuiltinAudioEncoder(BuiltinAudioConfig.from_dict(_as_dict(_get(cfg, "builtin"))), rngs=rngs)
 
 
-def build_audio_projector(cfg: Any, encoder: AudioEncoder, *, rngs: nnx.Rngs) -> AudioProjector:
-    """``AudioProjector`` sized for ``encoder`` and the ``audio`` config section."""
+def build_audio_projector(cfg: Any, encoder: AudioEncoder, out_dim: int, *, rngs: nnx.Rngs) -> AudioProjector:
+    """``AudioProjector`` sized for ``encoder`` and the ``audio`` config section, making tokens
+    of width ``out_dim`` (the denoiser's ``model.unet.audio_dim``)."""
     layers = _get(cfg, "layers")
     num_layers = len(layers) if layers is not None else encoder.num_hidden_states
-    return AudioProjector(window=int(_get(cfg, "window", 2)), num_layers=num_layers,
-                          in_dim=encoder.hidden_size, out_dim=int(_get(cfg, "token_dim", 768)),
-                          num_tokens=int(_get(cfg, "num_tokens", 32)),
-                          hidden_dim=int(_get(cfg, "proj_hidden", 512)), rngs=rngs)
+    return AudioProjector(window=int(_get(cfg, "window")), num_layers=num_layers,
+                          in_dim=encoder.hidden_size, out_dim=int(out_dim),
+                          num_tokens=int(_get(cfg, "num_tokens")),
+                          hidden_dim=int(_get(cfg, "proj_hidden")), rngs=rngs)
