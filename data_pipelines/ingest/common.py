@@ -12,7 +12,7 @@ Output layout (one ``--out`` per tool; ``data.root`` may point at their common p
     <out>/<stream>-<split>-00000.array_record   schema.encode blobs, ``records_per_shard`` each
     <out>/ingest_report.json                    see :class:`Report`
 
-The shard names match both ``data.sources = {"video": "<out>/*.array_record"}`` and the
+The shard names match both ``data.sources.video = "<out>/*.array_record"`` and the
 default search of ``sources.default_spec`` (``**/*<stream>*<split>*.array_record*``).
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@
 Layout: every folder under ``--src`` (recursive) that holds a ``cameras.json`` or image files
 (``.png .jpg .jpeg .bmp .webp``) is one capture: the views of ONE frozen instant of one
 person seen by several cameras. Output: ``<out>/multiview-<split>-NNNNN.array_record``
-(readable as ``data.sources = {"multiview": "<out>/*.array_record"}``) and
+(readable as ``data.sources.multiview = "<out>/*.array_record"``) and
 ``<out>/ingest_report.json``.
 
 ``cameras.json`` (one per capture folder)::

@@ -9,7 +9,7 @@ Runs as an Apache Beam pipeline (beam.py): the DirectRunner on all local cores b
 
 Every ``*.mp4|*.mov|*.mkv`` under ``--src`` (recursive) is read with PyAV; the result is
 ``<out>/video-<split>-NNNNN.array_record`` shards of ``schema`` records (readable as
-``data.sources = {"video": "<out>/*.array_record"}``) and ``<out>/ingest_report.json``.
+``--config.data.sources.video=<out>/*.array_record``) and ``<out>/ingest_report.json``.
 
 Per file (why each step):
 
