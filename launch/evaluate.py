@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no_ema", action="store_true")
     ap.add_argument("--out", default="", help=f"metrics JSON (default: <checkpoint>/{METRICS_FILE})")
     ap.add_argument("--strip", default="", help="write a PNG of true (top) vs generated frames of every mode")
+    # The field's standard metrics beside the exact ones, when their networks are given (local
+    # files; launch/evaluate_videos.py documents each protocol).
+    for name, what in (("inception", "FID: Inception feature extractor (.onnx)"),
+                       ("i3d", "FVD: I3D feature extractor (.onnx)"),
+                       ("syncnet", "LSE-D / LSE-C: syncnet_python's syncnet_v2.model"),
+                       ("arcface", "CSIM: insightface ArcFace (.onnx)")):
+        ap.add_argument(f"--{name}", default="", help=what)
     return ap
 
 
@@ -74,9 +81,15 @@ def evaluate_checkpoint(path: str, args) -> dict:
     """Evaluate one workdir (all modes, all baselines); writes its metrics JSON and strip."""
     from starcaster_jax.evaluation import baselines, report  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     from starcaster_jax.evaluation import synthetic as S  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    from starcaster_jax.evaluation.standard.synthetic import SyntheticStandard  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     from starcaster_jax.inference.chunking import GenerationError  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     from starcaster_jax.inference.generate import Generator  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
     from starcaster_jax.inference.loading import resolve_dir  # noqa: PLC0415 (CLI misuse and --help answer before JAX loads)
+    try:
+        standard = SyntheticStandard.from_paths(inception=args.inception, i3d=args.i3d,
+                                                syncnet=args.syncnet, arcface=args.arcface)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise GenerationError(str(e).splitlines()[0]) from None
     gen = Generator.from_checkpoint(path, use_ema=not args.no_ema, need_identity=True)
     ev_cfg = eval_settings(gen.config, args)
     data = args.data or resolve_dir(gen.config.data.root or "", path)
@@ -98,7 +111,7 @@ def evaluate_checkpoint(path: str, args) -> dict:
     gens = {"model": gen, "untrained": baselines.untrained_generator(gen)}
     opts = S.Options(synthesize_poses=bool(ev_cfg.synthesize_poses), segment_seconds=float(ev_cfg.segment_seconds))
     result = S.evaluate(gens, inputs, ev, modes=tuple(ev_cfg.modes), seed=args.seed, opts=opts,
-                        keep_frames=bool(args.strip),
+                        keep_frames=bool(args.strip), standard=standard,
                         progress=lambda m: print(f"  scored {m}", file=sys.stderr, flush=True))
     frames = result.pop("frames", None)
     result.update(checkpoint=os.path.abspath(path), split=args.split, data=os.path.abspath(data),

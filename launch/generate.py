@@ -11,7 +11,8 @@ talking sequence from the embedding alone. ``--views`` chooses the camera/view t
 ``starcaster_jax/inference/views.py``). ``--multiview N`` writes N views of one instant.
 
 The video is as long as the audio (``ceil(seconds * 25)`` frames), generated chunk by chunk
-with constant memory, and written as H.264 mp4 with the (16 kHz mono) audio muxed. Bad inputs
+with constant memory, and written as H.264 mp4 with the user's audio muxed at its own sample
+rate and channels (the model itself hears it as 16 kHz mono). Bad inputs
 print a one-line ``error: ...`` and exit with status 2.
 """
 from __future__ import annotations
@@ -192,7 +193,12 @@ def generate(args) -> list[str]:
     if args.grid and ref_panel is None:
         print("note: --grid has no reference image to show next to an --identity embedding", file=sys.stderr)
     bar = tqdm(total=len(chunks), unit="chunk", desc=f"{n} frames", disable=args.quiet, file=sys.stderr)
-    with media.VideoWriter(out, fps=G.FPS, audio=audio, sample_rate=G.SAMPLE_RATE) as writer:
+    try:   # the mp4 carries the user's audio as given: its own rate and channels (issue 14 §5)
+        track = media.read_audio_native(args.audio)
+    except media.MediaError:   # a file only libsndfile reads: the 16 kHz mono speech the model heard
+        track = media.NativeAudio(audio[:, None], G.SAMPLE_RATE, "mono")
+    with media.VideoWriter(out, fps=G.FPS, audio=track.samples, sample_rate=track.sample_rate,
+                           layout=track.layout) as writer:
         for frames in gen.video(audio, reference=reference, id_emb=id_emb, poses=poses,
                                 settings=settings, seed=args.seed):
             if args.grid and ref_panel is not None:

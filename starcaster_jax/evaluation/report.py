@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from starcaster_jax.evaluation import modes as modes_lib
+from starcaster_jax.evaluation.standard.synthetic import markdown_lines as standard_lines
 from starcaster_jax.media.video import save_image
 
 SYSTEM_LABELS = {"ground_truth": "ground truth", "copy_reference": "copy-reference",
@@ -58,6 +59,8 @@ def mode_lines(mode: str, sec: Mapping, far: float | None) -> list[str]:
         lines.append("| " + " | ".join([metric_label(m, far)] + cells) + " |")
     if sec.get("note"):
         lines += ["", "Note: " + "; ".join(f"{_NOTES.get(k, k)} {fmt(k, v)}" for k, v in sec["note"].items())]
+    if sec.get("standard"):   # FID / FVD / LSE / CSIM with the user's networks (standard/synthetic.py)
+        lines += [""] + standard_lines(sec["standard"])[:-1]
     return lines + [""]
 
 

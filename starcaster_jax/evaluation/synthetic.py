@@ -79,13 +79,15 @@ def _mean_systems(rows: Sequence[dict]) -> dict:
 
 def evaluate(generators: Mapping, inputs: Inputs, ev: Evaluators, *, modes: Sequence[str] = MODES,
              seed: int = 0, opts: Options = Options(), keep_frames: bool = False,
-             progress: Callable[[str], None] | None = None) -> dict:
+             progress: Callable[[str], None] | None = None, standard=None) -> dict:
     """Every mode over its records for ``generators`` (``{"model": gen, "untrained": gen}``;
     either may be absent, e.g. in tests) -> ``{"modes": {mode: {"n", "metrics", "systems":
     {system: {metric: mean}}, "note"} | {"skipped": why}}, "keys": {mode: [record keys]},
     "rows": ..., "calibration": ..., "seed"}``; with ``keep_frames`` also ``"frames"``: the
     first record's frames of each mode (``{mode: {system: uint8 [N, R, R, 3]}}``, for a strip).
-    Record ``i`` of every mode is generated with seed ``seed + i`` by every generator."""
+    Record ``i`` of every mode is generated with seed ``seed + i`` by every generator.
+    ``standard`` (``standard.synthetic.SyntheticStandard``, built from the user's Inception /
+    I3D / SyncNet / ArcFace paths) adds FID, FVD, LSE and CSIM per system as ``"standard"``."""
     if ev.threshold is None:
         raise ValueError("evaluate: calibrate the identity verifier first (Evaluators.calibrate)")
     out = {"modes": {}, "keys": {}, "rows": {}, "seed": seed, "calibration": dict(ev.calibration)}
@@ -102,6 +104,8 @@ def evaluate(generators: Mapping, inputs: Inputs, ev: Evaluators, *, modes: Sequ
             for i, item in enumerate(items):
                 sc = modes_lib.MODE_FNS[mode](generators, item, ev, seed=seed + i, opts=opts)
                 rows.append({"key": _key(item), "systems": sc.systems, "note": sc.note})
+                if standard is not None:
+                    standard.add(mode, sc, item)
                 if keep_frames and i == 0:
                     frames[mode] = sc.frames
                 if progress:
@@ -112,6 +116,9 @@ def evaluate(generators: Mapping, inputs: Inputs, ev: Evaluators, *, modes: Sequ
         note = {k: float(np.mean([r["note"][k] for r in rows])) for k in rows[0]["note"]}
         out["modes"][mode] = {"n": len(rows), "metrics": modes_lib.metric_names(mode, rows),
                               "systems": _mean_systems(rows), "note": note}
+        std = standard.result(mode) if standard is not None else None
+        if std is not None:
+            out["modes"][mode]["standard"] = std
         out["keys"][mode] = [r["key"] for r in rows]
         out["rows"][mode] = rows
     if keep_frames:

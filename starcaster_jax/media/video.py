@@ -12,9 +12,17 @@ one-shot form.
 Duration contract: ``T`` frames at ``fps`` give a ``T / fps`` s video track; the audio track
 holds exactly the given samples (AAC priming and padding are trimmed by the mp4 edit list, so
 decoders such as PyAV/ffmpeg return the original length to within one AAC frame's rounding).
+
+Audio keeps the user's format: :func:`read_audio_native` returns a file's first audio track at its
+own sample rate and channel layout (44.1 kHz stereo stays 44.1 kHz stereo), and the writer
+encodes ``[S]`` mono or ``[S, C]`` audio at any rate AAC has (``AAC_RATES``; another rate is
+resampled by libswresample to the nearest one above it, so nothing is lost in band). Tracks of
+more than 7 channels (7.1 and up) are read downmixed to stereo: PyAV cannot hand 8 planes to
+the encoder.
 """
 from __future__ import annotations
 
+import dataclasses
 import fractions
 import os
 from collections.abc import Sequence
@@ -22,9 +30,13 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["MediaError", "VideoWriter", "write_mp4", "read_video", "read_audio_from_video",
-           "load_image", "save_image", "grid", "VIDEO_EXTENSIONS"]
+           "read_audio_native", "NativeAudio", "load_image", "save_image", "grid", "VIDEO_EXTENSIONS"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+# sample rates libavcodec's AAC encoder takes (the MPEG-4 sampling-frequency table)
+AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1"}
+MAX_CHANNELS = 7   # PyAV's AudioFrame.from_ndarray takes at most 7 planes here (8 raises IndexError)
 
 
 class MediaError(ValueError):
@@ -60,24 +72,50 @@ def _check_frames(frames) -> np.ndarray:
     return frames
 
 
+@dataclasses.dataclass(frozen=True)
+class NativeAudio:
+    """An audio track as the file has it: ``samples`` float32 ``[S, C]`` in [-1, 1]."""
+    samples: np.ndarray
+    sample_rate: int
+    layout: str
+
+    @property
+    def seconds(self) -> float:
+        return self.samples.shape[0] / self.sample_rate
+
+
+def _aac_rate(rate: int) -> int:
+    return rate if rate in AAC_RATES else next((r for r in AAC_RATES if r >= rate), AAC_RATES[-1])
+
+
 class VideoWriter:
     """Incremental H.264 (+ AAC) mp4 writer.
 
-    ``audio`` (float32 mono ``[S]`` in [-1, 1] at ``sample_rate``) is known up front (it is the
+    ``audio`` (float32 mono ``[S]`` or ``[S, C]`` in [-1, 1] at ``sample_rate``; ``layout``
+    defaults to mono / stereo / 5.1 ... by channel count) is known up front (it is the
     generator's input) and is muxed progressively: after ``n`` frames, the samples up to
     ``n / fps`` s have been encoded; :meth:`close` writes the remainder. Use as a context
     manager; the streams are created at the first :meth:`write` (when the frame size is known).
     """
 
     def __init__(self, path: str, *, fps: float = 25, audio: np.ndarray | None = None,
-                 sample_rate: int = 16000, crf: int = 18):
+                 sample_rate: int = 16000, crf: int = 18, layout: str | None = None):
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.path, self.sample_rate, self.crf = os.fspath(path), int(sample_rate), crf
         self.fps = fractions.Fraction(fps).limit_denominator(1001)  # 25, 2, 30000/1001 ...
-        self.audio = None if audio is None else np.ascontiguousarray(np.asarray(audio, np.float32).reshape(-1))
+        self.audio = None if audio is None else _audio_2d(audio)     # [S, C]
         if self.audio is not None and self.audio.size == 0:
             self.audio = None
+        if self.audio is not None:
+            self.layout = layout or _LAYOUTS.get(self.audio.shape[1])
+            if self.audio.shape[1] > MAX_CHANNELS:
+                raise ValueError(f"audio: {self.audio.shape[1]} channels; at most {MAX_CHANNELS} can be encoded")
+            if self.layout is None:
+                raise ValueError(f"audio: {self.audio.shape[1]} channels; give the channel layout")
+            if self.sample_rate not in AAC_RATES:         # AAC has a fixed table of rates
+                self.audio = _resample(self.audio, self.sample_rate, _aac_rate(self.sample_rate), self.layout)
+                self.sample_rate = _aac_rate(self.sample_rate)
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
         self._container = _av().open(self.path, mode="w")
@@ -96,7 +134,7 @@ class VideoWriter:
         self._vstream = vs
         if self.audio is not None:
             a = self._container.add_stream("aac", rate=self.sample_rate)
-            a.layout = "mono"
+            a.layout = self.layout
             self._astream = a
         self._size = (h, w)
 
@@ -105,9 +143,9 @@ class VideoWriter:
         end = min(end, self.audio.shape[0])
         if end <= self._samples:
             return
-        chunk = self.audio[self._samples:end]
-        frame = av.AudioFrame.from_ndarray(np.clip(chunk, -1.0, 1.0)[None, :], format="fltp",
-                                           layout="mono")
+        chunk = self.audio[self._samples:end]                               # [n, C]
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(np.clip(chunk, -1.0, 1.0).T), format="fltp",
+                                           layout=self.layout)
         frame.sample_rate = self.sample_rate
         frame.pts = self._samples
         frame.time_base = fractions.Fraction(1, self.sample_rate)
@@ -171,11 +209,31 @@ class VideoWriter:
 
 
 def write_mp4(path: str, frames, fps: float = 25, audio: np.ndarray | None = None,
-              sample_rate: int = 16000) -> str:
-    """Write ``uint8 [T, H, W, 3]`` frames as H.264 (+ AAC ``audio`` f32 mono) mp4; returns ``path``."""
-    with VideoWriter(path, fps=fps, audio=audio, sample_rate=sample_rate) as w:
+              sample_rate: int = 16000, layout: str | None = None) -> str:
+    """Write ``uint8 [T, H, W, 3]`` frames as H.264 (+ AAC ``audio`` f32 ``[S]`` or ``[S, C]``) mp4;
+    returns ``path``."""
+    with VideoWriter(path, fps=fps, audio=audio, sample_rate=sample_rate, layout=layout) as w:
         w.write(frames)
     return path
+
+
+def _audio_2d(audio) -> np.ndarray:
+    a = np.asarray(audio, np.float32)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise ValueError(f"audio: expected [S] or [S, C] samples, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _resample(audio: np.ndarray, rate: int, new_rate: int, layout: str) -> np.ndarray:
+    """``[S, C]`` float32 from ``rate`` to ``new_rate`` (libswresample), same channels."""
+    av = _av()
+    res = av.AudioResampler(format="fltp", layout=layout, rate=new_rate)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio.T), format="fltp", layout=layout)
+    frame.sample_rate = rate
+    out = [f.to_ndarray() for f in res.resample(frame)] + [f.to_ndarray() for f in res.resample(None)]
+    return np.ascontiguousarray(np.concatenate(out, axis=1).T.astype(np.float32))
 
 
 def _open_input(path: str):
@@ -194,7 +252,10 @@ def read_video(path: str) -> tuple[np.ndarray, float]:
         if not c.streams.video:
             raise MediaError(f"{path}: has no video stream")
         vs = c.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(vs)]
+        try:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(vs)]
+        except _av().error.FFmpegError as e:   # a corrupt stream: one line, not libav's exception
+            raise MediaError(f"{path}: corrupt video stream ({type(e).__name__})") from None
         fps = float(vs.average_rate) if vs.average_rate else 25.0
     if not frames:
         raise MediaError(f"{path}: video stream has no frames")
@@ -225,6 +286,35 @@ def read_audio_from_video(path: str, sample_rate: int = 16000) -> np.ndarray:
     if audio.size == 0:
         raise MediaError(f"{path}: audio track is empty")
     return audio
+
+
+def read_audio_native(path: str) -> NativeAudio:
+    """The first audio track of any file PyAV reads, at its own sample rate and channel layout
+    (only the sample format is converted, to float32), trimmed to the container's duration."""
+    av = _av()
+    chunks = []
+    with _open_input(path) as c:
+        if not c.streams.audio:
+            raise MediaError(f"{path}: has no audio track")
+        stream = c.streams.audio[0]
+        rate, layout = int(stream.rate), stream.layout.name
+        if layout.endswith("channels"):   # no channel mask (e.g. a WAV): the standard layout of that count
+            layout = _LAYOUTS.get(stream.channels, layout)
+        if stream.channels > MAX_CHANNELS:   # PyAV hands at most 7 float planes to an encoder
+            layout = "stereo"
+        declared = (float(stream.duration * stream.time_base) if stream.duration else None)
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        for frame in c.decode(stream):
+            chunks += [out.to_ndarray() for out in resampler.resample(frame)]     # [C, n]
+        chunks += [out.to_ndarray() for out in resampler.resample(None)]
+    if not chunks:
+        raise MediaError(f"{path}: audio track is empty")
+    samples = np.ascontiguousarray(np.concatenate(chunks, axis=1).T.astype(np.float32))   # [S, C]
+    if declared:
+        samples = samples[:int(round(declared * rate))]
+    if samples.size == 0:
+        raise MediaError(f"{path}: audio track is empty")
+    return NativeAudio(samples, rate, layout)
 
 
 def load_image(path: str) -> np.ndarray:
