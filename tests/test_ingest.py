@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs.common import base_config
 from data_pipelines import schema
 from data_pipelines.ingest import arcface, common, faces, multiview, testdata, videos
 from data_pipelines.ingest.testdata import MOUTH_RGB, draw_face
@@ -238,8 +239,8 @@ def test_identity_labels_from_top_folder(ingested):
 
 def test_ingested_shards_feed_the_train_pipeline(ingested):
 
-    cfg = dict(batch_size=2, num_frames=4, context_frames=1, resolution=32, audio_window=2,
-               mixture={"video": 1.0}, seed=0,
+    cfg = dict(base_config("micro").data.to_dict(), batch_size=2, num_frames=4, context_frames=1,
+               resolution=32, audio_window=2, mixture={"video": 1.0}, seed=0,
                sources={"video": str(ingested["out"] / "*.array_record")})
     it = make_train_iterator(cfg, process_index=0, process_count=1)
     b = next(it)
@@ -493,8 +494,8 @@ def test_multiview_records(mv):
 
 def test_multiview_shards_feed_the_mixture(mv, ingested):
 
-    cfg = dict(batch_size=2, num_frames=4, context_frames=1, num_views=3, resolution=32,
-               mixture={"video": 0.5, "multiview": 0.5}, seed=1,
+    cfg = dict(base_config("micro").data.to_dict(), batch_size=2, num_frames=4, context_frames=1,
+               num_views=3, resolution=32, audio_window=2, mixture={"video": 0.5, "multiview": 0.5}, seed=1,
                sources={"video": str(ingested["out"] / "*.array_record"),
                         "multiview": str(mv["out"] / "*.array_record")})
     it = make_train_iterator(cfg, process_index=0, process_count=1)
