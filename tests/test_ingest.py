@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -575,3 +576,59 @@ def test_arcface_flag_fills_the_embedding_and_the_valid_flag(ingested, tmp_path)
     without = records_of(ingested, "alice/good.mp4")
     assert all(not r["id_vector_valid"] and r["id_embedding"].shape == (0,) for r in without)
     del model
+
+
+# ------------------------------------------------------------------- object-store paths
+def test_object_store_inputs_outputs_and_model_match_local_paths(ingested, tmp_path):
+    """``--src``, ``--out`` and ``--arcface`` on an object store (a fake with GCS's semantics:
+    no folders, prefix listing) write the same records and report entries as local paths.
+    This is the path a Dataflow run takes with ``gs://``."""
+    from tests.fake_object_store import FakeObjectStore  # noqa: PLC0415 (registers the fakegcs:// scheme with Beam)
+
+    FakeObjectStore.ROOT = str(tmp_path / "store")
+    bucket = tmp_path / "store" / "bucket"
+    model = tmp_path / "arcface.onnx"
+    _random_arcface_onnx(model)
+    os.makedirs(bucket / "models")
+    shutil.copyfile(model, bucket / "models" / "arcface.onnx")
+    src = ingested["src"]
+    shutil.copytree(src / "alice", bucket / "src" / "alice")
+    shutil.copyfile(src / "truncated.mov", bucket / "src" / "truncated.mov")
+    os.makedirs(tmp_path / "local_src")
+    shutil.copytree(src / "alice", tmp_path / "local_src" / "alice")
+    shutil.copyfile(src / "truncated.mov", tmp_path / "local_src" / "truncated.mov")
+    common_args = ["--clip_frames", str(CLIP), "--resolution", str(RES), "--quiet", *DETECT,
+                   *ONE_PROCESS, "--records_per_shard", "2"]
+    os.makedirs(bucket / "out" / ".ingest-tmp")  # as a retried bundle leaves one: must go
+    (bucket / "out" / ".ingest-tmp" / "retried.array_record").write_bytes(b"stale")
+    rc = videos.main(["--src", "fakegcs://bucket/src", "--out", "fakegcs://bucket/out",
+                      "--arcface", "fakegcs://bucket/models/arcface.onnx", *common_args])
+    assert rc == 0
+    local_out = tmp_path / "local_out"
+    assert videos.main(["--src", str(tmp_path / "local_src"), "--out", str(local_out),
+                        "--arcface", str(model), *common_args]) == 0
+    remote, local = read_records(bucket / "out", "video"), read_records(local_out, "video")
+    assert sorted(remote) == sorted(local) and local
+    for k in local:
+        assert local[k]["id_vector_valid"]
+        assert schema.encode(remote[k]) == schema.encode(local[k]), k
+    rep, want = (json.load(open(o / "ingest_report.json")) for o in (bucket / "out", local_out))
+    local_src = str(tmp_path / "local_src")
+    for e in want["inputs"]:  # messages name the input: the URL there, the local path here
+        if "message" in e:
+            e["message"] = e["message"].replace(local_src, "fakegcs://bucket/src")
+    assert rep["inputs"] == want["inputs"] and rep["counts"] == want["counts"]
+    assert [e["reason"] for e in rep["inputs"] if e["status"] == "skipped"] == ["unreadable"]
+    # no temporary objects are left behind, only the shards and the report
+    assert sorted(os.listdir(bucket / "out")) == sorted(rep["shards"] + ["ingest_report.json"])
+    # a model file missing from the store is one line naming the flag, exit 2
+    r = subprocess.run([sys.executable, "-c", (
+        "import sys; from tests.fake_object_store import FakeObjectStore as F; "
+        f"F.ROOT = {FakeObjectStore.ROOT!r}; from data_pipelines.ingest import videos; "
+        "sys.exit(videos.main(sys.argv[1:]))"), "--src", "fakegcs://bucket/src", "--out",
+        "fakegcs://bucket/out2", "--arcface", "fakegcs://bucket/models/missing.onnx"],
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith(
+        "--arcface fakegcs://bucket/models/missing.onnx: expected an existing file (see --help)")

@@ -120,9 +120,13 @@ def finalize(_, entries: list[dict], shards: list[tuple[str, str]], *, tool: str
         name = f"{stream}-{split}-{i:05d}.array_record"
         FileSystems.rename([tmp], [common.join(out, name)])
         names.append(name)
-    left = common.join(out, TMP)
-    if FileSystems.exists(left):
-        FileSystems.delete([left])  # shards of retried bundles, never reported
+    left = common.join(out, TMP)  # shards of retried bundles, never reported
+    if common.is_remote(out):  # an object store has no folder to test for: list the prefix
+        stale = [m.path for r in FileSystems.match([left + "/**"]) for m in r.metadata_list]
+        if stale:
+            FileSystems.delete(stale)
+    elif os.path.isdir(left):
+        shutil.rmtree(left)
     report = common.Report(tool, src, out, settings)
     report.inputs = sorted(entries, key=lambda e: e["path"])
     report.identities = identities

@@ -18,7 +18,9 @@ default search of ``sources.default_spec`` (``**/*<stream>*<split>*.array_record
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
+import functools
 import glob
 import json
 import os
@@ -307,7 +309,7 @@ def read_report(out: str) -> dict[str, Any]:
 
 class local_input:
     """``with local_input(path) as p``: ``p`` is ``path``, or a temp copy of a remote file
-    (PyAV and OpenCV read local files)."""
+    (PyAV and OpenCV read local files). A Skip raised inside names ``path``, not the copy."""
 
     def __init__(self, path: str):
         self.path, self.tmp = path, None
@@ -322,9 +324,38 @@ class local_input:
             shutil.copyfileobj(f, g, 1 << 22)
         return self.tmp
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if self.tmp:
             os.remove(self.tmp)
+            if isinstance(exc, Skip):  # the report names the input, not its temp copy
+                exc.message = exc.message.replace(self.tmp, self.path)
+
+
+def file_exists(path: str) -> bool:
+    """An existing file, local or on a Beam filesystem (a model given as ``gs://...``)."""
+    if not is_remote(path):
+        return os.path.isfile(path)
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 (Beam loads only for ingestion)
+
+    return FileSystems.exists(path)
+
+
+@functools.cache
+def local_model(path: str) -> str:
+    """A model file as a local path: ``path`` itself, or, for a remote one, a copy made once
+    per worker process (Dataflow workers cannot see the launching machine's disk, and
+    onnxruntime / MediaPipe / OpenCV load local files only). The copy lives until the
+    process exits."""
+    if not is_remote(path):
+        return path
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 (Beam loads only for ingestion)
+
+    folder = tempfile.mkdtemp(prefix="ingest-model-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    local = os.path.join(folder, path.rstrip("/").rsplit("/", 1)[-1])
+    with open(local, "wb") as g, FileSystems.open(path) as f:
+        shutil.copyfileobj(f, g, 1 << 22)
+    return local
 
 
 def stream_tool(stream: str) -> str:

@@ -351,11 +351,13 @@ def build_parser() -> common.OneLineParser:
 
 def make_settings(spec: dict[str, Any]) -> Settings:
     """The CLI's choices -> Settings with models loaded (runs once per Beam worker)."""
+    local = {k: common.local_model(spec[k]) if spec[k] else spec[k]
+             for k in ("detector_model", "landmarks", "arcface")}  # gs:// models: a local copy
     return Settings(spec["clip_frames"], spec["resolution"], spec["crop_scale"],
-                    detector=faces.make_detector(spec["detector"], spec["detector_model"]),
-                    landmarker=(faces.MediapipeLandmarker(spec["landmarks"])
-                                if spec["landmarks"] else None),
-                    arcface=arcface.ArcFace(spec["arcface"]) if spec["arcface"] else None,
+                    detector=faces.make_detector(spec["detector"], local["detector_model"]),
+                    landmarker=(faces.MediapipeLandmarker(local["landmarks"])
+                                if local["landmarks"] else None),
+                    arcface=arcface.ArcFace(local["arcface"]) if local["arcface"] else None,
                     arcface_mean=spec["arcface_mean"], arcface_stride=spec["arcface_stride"],
                     detect_side=spec["detect_side"])
 
@@ -386,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--arcface_stride {args.arcface_stride}: expected at least 1")
     for opt in ("detector_model", "landmarks", "arcface"):
         p = getattr(args, opt)
-        if p and not os.path.isfile(p):
+        if p and not common.file_exists(p):
             ap.error(f"--{opt} {p}: expected an existing file")
     common.check_args(ap, args, "video")
     spec = {k: getattr(args, k) for k in ("clip_frames", "resolution", "detector",
