@@ -296,6 +296,14 @@ def upload(local: str, dest: str) -> None:
         shutil.copyfileobj(f, g, 1 << 22)
 
 
+def download(url: str, local: str) -> None:
+    """Copy a remote file (any Beam filesystem) to the local path ``local``."""
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 (Beam loads only for ingestion)
+
+    with open(local, "wb") as g, FileSystems.open(url) as f:
+        shutil.copyfileobj(f, g, 1 << 22)
+
+
 def read_report(out: str) -> dict[str, Any]:
     path = join(out, "ingest_report.json")
     if is_remote(path):
@@ -317,11 +325,9 @@ class local_input:
     def __enter__(self) -> str:
         if not is_remote(self.path):
             return self.path
-        from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 (Beam loads only for ingestion)
-
         fd, self.tmp = tempfile.mkstemp(suffix=os.path.splitext(self.path)[1])
-        with os.fdopen(fd, "wb") as g, FileSystems.open(self.path) as f:
-            shutil.copyfileobj(f, g, 1 << 22)
+        os.close(fd)
+        download(self.path, self.tmp)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -348,13 +354,10 @@ def local_model(path: str) -> str:
     process exits."""
     if not is_remote(path):
         return path
-    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 (Beam loads only for ingestion)
-
     folder = tempfile.mkdtemp(prefix="ingest-model-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     local = os.path.join(folder, path.rstrip("/").rsplit("/", 1)[-1])
-    with open(local, "wb") as g, FileSystems.open(path) as f:
-        shutil.copyfileobj(f, g, 1 << 22)
+    download(path, local)
     return local
 
 
