@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py [--stage 2] [--variants tiny,small] [--steps 3]
         [--kinds video,video_sf,multiview] [--warmup 1] [--set model.unet.dtype=bfloat16 ...]
-        [--json out.json]
+        [--json out.json] [--breakdown] [--against COMMIT]
 
 For each variant this builds ``Trainer(config, make_mesh(config))`` for the stage's config
 (``configs/stage{1_motion,2_audio,3_views}.py:<variant>``), ``init_state()``, and a synthetic
@@ -23,6 +23,16 @@ bf16 table peak of all devices).
 Frozen networks (VAE, audio, lip reader) are the random ones the Trainer builds when no
 ``model.encoders_dir`` is set: same shapes and cost as trained ones. On a shared CPU the
 timings are noisy: the script also prints the load average and CPU seconds per step.
+
+``--breakdown`` also compiles the parts of the ``video`` step as programs of their own, on the
+same batch and state: the frozen VAE encode of the K + F frames, the audio windows, the
+denoiser forward and forward + backward (loss = mean square of the prediction), the lip loss
+forward + backward through the decoder and the lip reader, and the shared update. Each row
+has its ms, XLA GFLOPs, GFLOP/s, MFU and share of the whole ``grads`` program.
+
+``--against COMMIT`` runs this same command on a ``git worktree`` of ``COMMIT`` (its own
+``benchmarks/train_step.py``, which must take ``--json``) and then on this tree, one after the
+other on the same machine, and prints both tables and the steps/s ratio per row.
 """
 from __future__ import annotations
 
@@ -33,15 +43,20 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import starcaster_jax  # noqa: E402,F401  (flax config)
+from starcaster_jax.training import frozen as frozen_lib  # noqa: E402
+from starcaster_jax.training import losses as losses_lib  # noqa: E402
 from starcaster_jax.training import metrics as metrics_lib  # noqa: E402
 from starcaster_jax.training.loop import make_mesh  # noqa: E402
 from starcaster_jax.training.step import Trainer  # noqa: E402
@@ -102,7 +117,9 @@ def param_count(tree) -> int:
     return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree)))
 
 
-def bench_variant(stage: str, variant: str, kinds, steps: int, warmup: int, overrides, peak):
+def bench_variant(stage: str, variant: str, kinds, steps: int, warmup: int, overrides, peak,
+                  parts: list | None = None):
+    """Rows of the step table; with ``parts`` (a list) also appends the video step's breakdown."""
     config = make_config(stage, variant, overrides)
     mesh = make_mesh(config)
     t0 = time.perf_counter()
@@ -140,8 +157,129 @@ def bench_variant(stage: str, variant: str, kinds, steps: int, warmup: int, over
             loss=loss, skipped=int(jax.device_get(state.skipped)), step_times_s=times))
         print(f"  {variant}/{kind}: compile {t_compile:.1f} s, {1e3 * dt:.0f} ms/step, "
               f"loss {loss:.4f}", file=sys.stderr, flush=True)
+    if parts is not None:
+        batch = trainer.global_batch(synthetic_batch(config, trainer, "video"))
+        parts += [dict(r, variant=variant) for r in breakdown(trainer, state, batch, peak)]
     del state
     return rows
+
+
+def _time_program(fn, *args, repeats: int = 3):
+    """(median seconds, XLA FLOPs or None, output) of ``jax.jit(fn)(*args)`` after one call."""
+    compiled = jax.jit(fn).lower(*args).compile()
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), metrics_lib.step_flops(compiled), out
+
+
+def breakdown(trainer: Trainer, state, batch, peak: float, repeats: int = 3) -> list[dict]:
+    """The parts of one ``video`` step, each compiled alone (see the module docstring)."""
+    lc = trainer.lc
+    t_len = lc.context_frames + lc.num_frames
+    gd, fs = trainer.frozen_graphdefs, trainer.frozen_states
+    frames = batch["frames"][:, :t_len]                                     # [B, K+F, R, R, 3]
+    boxes = batch["mouth_box"][:, :t_len]                                   # [B, K+F, 4]
+    b = frames.shape[0]
+    cmask = jnp.zeros((b, t_len), bool).at[:, :lc.context_frames].set(True)
+    view = batch["pose"][:, :t_len] if lc.use_view else None
+    rows = []
+
+    def add(part, fn, *args):
+        with jax.set_mesh(trainer.mesh):
+            dt, flops, out = _time_program(fn, *args, repeats=repeats)
+        rows.append(dict(part=part, ms=1e3 * dt, gflops=(flops or float("nan")) / 1e9,
+                         gflops_per_s=(flops or float("nan")) / dt / 1e9,
+                         mfu=(flops or float("nan")) / dt / peak))
+        return out
+
+    x0 = add("VAE encode (K+F frames)",
+             lambda fs, x: frozen_lib.merge_frozen(gd, fs)["vae"].encode_video(x, None), fs, frames)
+    audio_win = None
+    if lc.use_audio:
+        audio_win = add("audio windows", lambda fs, a: losses_lib.audio_windows(
+            frozen_lib.merge_frozen(gd, fs), losses_lib.chunk_audio(a, 0, t_len, lc.audio_window),
+            t_len, lc), fs, batch["audio"])
+    id_emb = frozen_lib.pad_identity(batch["id_vector"].astype(jnp.float32), lc.embed_dim)
+
+    def denoise(params):
+        t = jnp.full((b, t_len), 0.5)
+        pred = trainer.model_from(params)(x0, t, id_emb=id_emb, audio_windows=audio_win, view=view,
+                                          context_mask=cmask)
+        return jnp.mean(jnp.square(pred))
+
+    add("denoiser forward", denoise, state.params)
+    add("denoiser forward + backward", jax.grad(denoise), state.params)
+    if lc.lip_weight > 0 and "lip" in trainer.frozen_graphdefs:
+        def lip(fs, z):
+            nets = frozen_lib.merge_frozen(gd, fs)
+            t = jnp.full((b, t_len), 0.3)
+            return jax.grad(lambda z: losses_lib.noise_weighted_lip_loss(
+                nets, z, t, frames, boxes, cmask, lc))(z)
+        add("lip loss forward + backward (decode + reader)", lip, fs, x0)
+    add("whole grads program (video)", trainer._grads_fn("video"), state, fs, batch)
+    whole = rows[-1]["ms"]
+    for r in rows:
+        r["share"] = r["ms"] / whole
+    return rows
+
+
+def breakdown_table(rows) -> str:
+    lines = ["| part of the video step | ms | share of grads | GFLOPs | GFLOP/s | MFU |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['part']} | {r['ms']:.0f} | {100 * r['share']:.0f}% | {r['gflops']:.1f} "
+                     f"| {r['gflops_per_s']:.0f} | {100 * r['mfu']:.1f}% |")
+    return "\n".join(lines)
+
+
+def against(commit: str, argv: list[str]) -> int:
+    """Run this command on ``commit`` and on this tree, one after the other; print the ratio."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    passed, skip = [], False
+    for a in argv:       # drop --against/--json/--breakdown: each side writes its own json
+        if skip:
+            skip = False
+            continue
+        if a in ("--against", "--json"):
+            skip = True
+            continue
+        if a.startswith(("--against=", "--json=")) or a == "--breakdown":
+            continue
+        passed.append(a)
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = os.path.join(tmp, "tree")
+        if subprocess.run(["git", "-C", root, "worktree", "add", "--detach", tree, commit],
+                          capture_output=True).returncode:
+            print(f"error: --against {commit}: not a commit of {root}", file=sys.stderr)
+            return 2
+        try:
+            results = {}
+            for name, where in ((commit, tree), ("this tree", root)):
+                out = os.path.join(tmp, f"{len(results)}.json")
+                print(f"\n## {name}", flush=True)
+                env = dict(os.environ, PYTHONPATH=where)
+                rc = subprocess.run([sys.executable, os.path.join(where, "benchmarks", "train_step.py"),
+                                     *passed, "--json", out], cwd=where, env=env).returncode
+                if rc:
+                    return rc
+                with open(out) as f:
+                    results[name] = json.load(f)["rows"]
+        finally:
+            subprocess.run(["git", "-C", root, "worktree", "remove", "--force", tree], capture_output=True)
+    print(f"\n| variant | step kind | {commit} ms/step | this tree ms/step | speed-up (steps/s) |")
+    print("|---|---|---|---|---|")
+    old = {(r["variant"], r["kind"]): r for r in results[commit]}
+    for r in results["this tree"]:
+        o = old.get((r["variant"], r["kind"]))
+        if o:
+            print(f"| {r['variant']} | {r['kind']} | {o['ms_per_step']:.0f} | {r['ms_per_step']:.0f} "
+                  f"| {o['ms_per_step'] / r['ms_per_step']:.2f}x |")
+    return 0
 
 
 def table(rows) -> str:
@@ -167,7 +305,13 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. model.unet.dtype=bfloat16 (repeatable)")
     p.add_argument("--json", default="", help="also write the rows here")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the parts of the video step, each compiled alone")
+    p.add_argument("--against", default="", metavar="COMMIT",
+                   help="run the same benchmark on COMMIT first, then here, and print the ratio")
     args = p.parse_args(argv)
+    if args.against:
+        return against(args.against, list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING)
     kinds = [k for k in args.kinds.split(",") if k]
     for k in kinds:
@@ -185,9 +329,10 @@ def main(argv=None) -> int:
     if args.set:
         print("overrides: " + " ".join(args.set), flush=True)
 
-    rows = []
+    rows, parts = [], ([] if args.breakdown else None)
     for variant in [v for v in args.variants.split(",") if v]:
-        rows += bench_variant(args.stage, variant, kinds, args.steps, args.warmup, args.set, peak)
+        rows += bench_variant(args.stage, variant, kinds, args.steps, args.warmup, args.set, peak,
+                              parts)
     print(f"\nstage {args.stage}, {args.steps} timed steps after {args.warmup} warm-up "
           f"(median), init = Trainer + init_state:")
     print(table(rows))
@@ -195,10 +340,13 @@ def main(argv=None) -> int:
                            if r["kind"] == kinds[0]))
     print("CPU s/step: " + ", ".join(f"{r['variant']}/{r['kind']} {r['cpu_s_per_step']:.2f}"
                                      for r in rows))
+    for variant in sorted({r["variant"] for r in parts or ()}):
+        print(f"\n{variant}: the video step's parts, each compiled alone (median of 3):")
+        print(breakdown_table([r for r in parts if r["variant"] == variant]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(peak_flops=peak, device=dev.device_kind, load_avg=load[0],
-                           overrides=args.set, rows=rows), f, indent=1)
+                           overrides=args.set, rows=rows, breakdown=parts), f, indent=1)
     return 0
 
 
