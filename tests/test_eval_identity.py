@@ -19,7 +19,12 @@ from starcaster_jax.training import encoders as te
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_id")
-    cfg = tfds_builder.make_config("tiny", n_train_ids=6, n_test_ids=4, clips_per_id=2)
+    # 12 training identities, 6 held out (5 calibrate, 1 is the stranger). With 6 / 4 the
+    # 100-step evaluator did not generalise: across schedule seeds the true-frame rate ranged
+    # 0.43-1.0 and the stranger rate up to 0.19, so the outcome hung on XLA:CPU rounding
+    # (it flipped between two machines). At 12 / 6 seeds 0-5 gave true >= 0.93, noise <= 0.013,
+    # stranger <= 0.055.
+    cfg = tfds_builder.make_config("tiny", n_train_ids=12, n_test_ids=6, clips_per_id=2)
     tfds_builder.build(str(root / "corpus"), cfg, workers=1)
     sched = {"identity_eval": dataclasses.replace(te.schedules()["identity_eval"], steps=100)}
     res = te.train(stage2_audio.get_config("tiny"), str(root / "corpus"), str(root / "wd"),
