@@ -170,3 +170,22 @@ def test_cli_misuse_exits_2(tmp_path, capsys):
     assert cli.main(["--compare", str(tmp_path / "nope")]) == 2
     assert cli.main(["--compare", str(tmp_path), "--out", "x.json"]) == 2
     assert capsys.readouterr().err.count("error:") == 2
+
+
+def test_mouth_psnr_sees_only_the_mouth_box():
+    """A change outside the box leaves the mouth PSNR at the cap while the whole-frame PSNR
+    falls; the same change inside the box gives the PSNR of that box by hand."""
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    boxes = np.tile(np.array([[0.5, 0.25, 0.75, 0.75]], np.float32), (3, 1))   # rows 16:24, cols 8:24
+    outside = truth.copy()
+    outside[:, :8] = 255 - outside[:, :8]
+    assert M.mouth_psnr(outside, truth, boxes) == M.PSNR_CAP
+    assert M.image_metrics(outside, truth)["psnr"] < 20
+    inside = truth.copy()
+    inside[:, 16:24, 8:24] = np.clip(inside[:, 16:24, 8:24].astype(int) + 10, 0, 255).astype(np.uint8)
+    d = (inside[:, 16:24, 8:24].astype(np.float64) - truth[:, 16:24, 8:24]) / 255.0
+    want = np.mean([10 * np.log10(1.0 / np.mean(x ** 2)) for x in d])
+    assert abs(M.mouth_psnr(inside, truth, boxes) - want) < 1e-9
+    with pytest.raises(ValueError, match="mouth_psnr: 3 generated vs 3 true frames vs 2 boxes"):
+        M.mouth_psnr(inside, truth, boxes[:2])

@@ -14,6 +14,7 @@ from flax import nnx
 import starcaster_jax  # noqa: F401  (disables eager sharding)
 from data_pipelines.synthetic import build
 from launch import train_encoders
+from starcaster_jax.evaluation import metrics as M
 from starcaster_jax.models import builtin_encoders as be
 from starcaster_jax.models.audio.builtin import BuiltinAudioEncoder
 from starcaster_jax.models.identity.builtin import BuiltinIdentityEncoder
@@ -104,6 +105,7 @@ def test_six_encoders_saved_and_reloaded_identically(trained):
     assert 0 <= m["viseme_accuracy"] <= 1 and 0 < m["chance"] < 1
     assert {"tar@far=0.01", "rank1", "chance_rank1"} <= set(results["identity_eval"].metrics)
     assert np.isfinite(results["vae"].metrics["psnr_db"])
+    assert 0 < results["vae"].metrics["mouth_psnr_db"] < M.PSNR_CAP
     summary = json.load(open(os.path.join(enc_dir, "summary.json")))
     assert set(be.ENCODER_NAMES) <= set(summary) and summary["total_seconds"] > 0
 

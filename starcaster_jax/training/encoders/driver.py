@@ -80,7 +80,8 @@ def _f(x, fmt=".3f") -> str:
 
 def _metric_cells(name: str, m: Mapping[str, Any]) -> tuple[str, str, str]:
     if name == "vae":
-        return "PSNR test frames (dB)", _f(m["psnr_db"], ".1f"), "-"
+        return ("PSNR test frames / mouth (dB)",
+                f"{_f(m['psnr_db'], '.1f')} / {_f(m['mouth_psnr_db'], '.1f')}", "-")
     if name == "pose_eval":
         return "pose MAE (deg)", _f(m["mae_deg"], ".1f"), _f(m["chance_mae_deg"], ".1f")
     if name.startswith("identity"):
